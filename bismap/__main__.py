@@ -1,0 +1,5 @@
+import sys
+
+from bismap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""`bismap` command line: one subcommand per user-facing tool.
+
+Subcommands live in their own modules (`cli_<name>.py`) exposing `add_parser(subparsers)`;
+this file only dispatches and turns input errors into one-line messages.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bismap.io import InputError
+
+SUBCOMMANDS = ("synth", "evaluate", "predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bismap", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"bismap.cli_{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"bismap {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
