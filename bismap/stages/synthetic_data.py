@@ -1,0 +1,19 @@
+"""Stage: generate the built-in synthetic domain-shift benchmark (source in GTA5 layout, target in Cityscapes layout)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def run(*, source_dir: str | os.PathLike, target_dir: str | os.PathLike, cfg: dict[str, Any],
+        threads: int = 1) -> None:
+    """cfg = the `synthetic` config slice (see bismap.data.synthetic); `workers` there sets the processes.
+
+    `threads` (Snakemake's) caps the worker count so the rule never uses more cores than it declared.
+    """
+    from bismap.data.synthetic import write_benchmark
+
+    cfg = dict(cfg or {})
+    if threads and int(cfg.get("workers", 1)) > int(threads):
+        cfg["workers"] = int(threads)
+    write_benchmark(str(source_dir), str(target_dir), cfg)
