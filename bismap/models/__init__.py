@@ -79,6 +79,7 @@ def build_model(cfg: Mapping[str, Any] | None = None) -> DeepLabV3Plus:
         load_state(backbone, imagenet_state_dict(backbone.depth), f"imagenet:{backbone.arch}")
     else:
         load_pretrained(model.backbone, weights)
+    model.model_config = cfg  # checkpoints store it so load_model can rebuild the network
     return model
 
 

@@ -1,0 +1,117 @@
+"""Checkpoint files: the final model file every later stage reads, and the resume file.
+
+The resume file holds the whole training state (model, EMA teacher, optimizer, scheduler,
+AMP scaler, iteration, every RNG state, the streams' positions) so a killed job continues
+bit-for-bit on CPU. Everything is stored as tensors / plain Python so files load with
+`torch.load(weights_only=True)`: loading a checkpoint never executes code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bismap.io import InputError, save_torch
+
+FORMAT = "bismap-checkpoint/1"
+RESUME_FORMAT = "bismap-resume/1"
+
+
+def resume_path(out_checkpoint: str | os.PathLike) -> Path:
+    """`<out_checkpoint>.resume.pt`: next to the final file, so it is on the same filesystem."""
+    return Path(str(out_checkpoint) + ".resume.pt")
+
+
+def make_fingerprint(*parts: Any, **named: Any) -> str:
+    """sha256 over the JSON of everything that determines a run's result."""
+    text = json.dumps({"parts": parts, "named": named}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """torch.save(state) atomically (temporary file renamed into place)."""
+    save_torch(path, state)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    formats: tuple[str, ...] = (FORMAT,)) -> dict:
+    """Read a bismap checkpoint; InputError (naming the file) for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickles code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable bismap checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in formats:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise InputError(f"{path}: not a bismap checkpoint (format {found!r}, expected one of {list(formats)})")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", which: str = "model") -> nn.Module:
+    """Rebuild the network from ckpt["model_config"] and load its "model" or "ema" weights; eval mode."""
+    from bismap.models import build_model  # lazy: the models package is heavy and optional for tests
+
+    if which not in ("model", "ema"):
+        raise ValueError(f"which must be 'model' or 'ema', got {which!r}")
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("model_config"), dict):
+        raise InputError(f"{path}: checkpoint has no model_config")
+    weights = ckpt.get(which)
+    if weights is None:
+        raise InputError(f"{path}: checkpoint has no {which!r} weights (trained without EMA?)")
+    cfg = dict(ckpt["model_config"])
+    cfg["weights"] = "none"  # the stored weights replace any pretrained initialisation
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not match model_config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state, as tensors and plain Python (weights_only-loadable)
+
+
+def capture_rng_state() -> dict:
+    """Every RNG a training step may touch: torch CPU, all CUDA devices, numpy global, python random."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": _to_lists(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(_to_tuples(state["python"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            print(f"note: resume file has {len(cuda)} CUDA RNG states, this machine has "
+                  f"{torch.cuda.device_count()} GPUs; CUDA RNG not restored", flush=True)
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x

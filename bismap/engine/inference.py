@@ -1,0 +1,167 @@
+"""Test-time prediction and target batch-norm adaptation.
+
+predict_logits is the one place logits are computed for labels and metrics, so the teacher
+labels, pseudo labels and evaluation agree: per scale, resize the input, forward, upsample
+the stride-4 logits bilinearly (align_corners=True, as the original) to the input size, flip
+back, and average the logits (the original averages logits, not probabilities).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bismap.engine.device import resolve_amp
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    """Models return (feature, logits); plain tensors are accepted too."""
+    if isinstance(output, (tuple, list)):
+        return output[-1]
+    return output
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
+                   amp: str = "off") -> torch.Tensor:
+    """Average logits over scales x {identity, horizontal flip}, at the input size; float32 [B,C,H,W].
+
+    The caller sets the model's mode (eval for normal prediction).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B,3,H,W], got shape {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    settings = resolve_amp(amp, images.device)
+    total: torch.Tensor | None = None
+    count = 0
+    for scale in scales:
+        scale = float(scale)
+        size = (max(int(round(h * scale)), 1), max(int(round(w * scale)), 1))
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        views = [False, True] if flip else [False]
+        for flipped in views:
+            xin = torch.flip(x, dims=[3]) if flipped else x
+            with settings.autocast():
+                logits = _logits_of(model(xin))
+            logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=True)
+            if flipped:
+                logits = torch.flip(logits, dims=[3])
+            total = logits if total is None else total + logits
+            count += 1
+    if total is None:
+        raise ValueError("scales must not be empty")
+    return total / count
+
+
+def normalise_image(image: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 HxWx3 RGB -> float [3,H,W]: (pixel/255 - mean) / std. Float [3,H,W] tensors pass unchanged."""
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        return image
+    x = torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor([float(v) for v in mean]).view(3, 1, 1)
+    s = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+    return (x - m) / s
+
+
+def _image_batches(data: Any, max_images: int | None, batch_size: int, mean, std) -> Iterator[torch.Tensor]:
+    """Float image batches from a dataset (items with "image"), a DataLoader, or an iterable of batches."""
+    seen = 0
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, torch.utils.data.DataLoader):
+        n = len(data) if max_images is None else min(len(data), int(max_images))
+        pending: list[torch.Tensor] = []
+        for i in range(n):
+            item = data[i]
+            image = item["image"] if isinstance(item, dict) else item
+            if not (isinstance(image, torch.Tensor) and image.is_floating_point()) and (mean is None or std is None):
+                raise ValueError("adapt_batchnorm: uint8 images need mean and std")
+            x = normalise_image(image, mean, std)
+            if pending and x.shape != pending[0].shape:  # images of another size: flush first
+                yield torch.stack(pending)
+                pending = []
+            pending.append(x)
+            if len(pending) == batch_size:
+                yield torch.stack(pending)
+                pending = []
+        if pending:
+            yield torch.stack(pending)
+        return
+    for batch in data:
+        x = batch["image"] if isinstance(batch, dict) else batch
+        if max_images is not None and seen + x.shape[0] > max_images:
+            x = x[: max_images - seen]
+        if x.shape[0] == 0:
+            return
+        seen += x.shape[0]
+        yield x
+        if max_images is not None and seen >= max_images:
+            return
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, data: Any, max_images: int | None = None, batch_size: int = 1, *,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    device: torch.device | str | None = None) -> int:
+    """AdaBN: replace every BatchNorm's running statistics by those of the target images.
+
+    Running stats are reset and re-estimated as a cumulative average (momentum=None) over up
+    to `max_images` images, BN layers in train mode, everything else in eval, under no_grad.
+    The model is left in eval mode with the new statistics; the BN momentum values are put
+    back. Frozen BN (not a _BatchNorm) is untouched. Returns the number of images used.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    used = 0
+    try:
+        for x in _image_batches(data, max_images, batch_size, mean, std):
+            model(x.to(device))
+            used += x.shape[0]
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    if used == 0:
+        raise ValueError("adapt_batchnorm: no images to estimate statistics from")
+    return used
+
+
+def predict_dataset(model: nn.Module, dataset: Any, scales: Sequence[float] = (1.0,), flip: bool = False, *,
+                    mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
+                    output: str = "logits", amp: str = "off", workers: int = 0,
+                    indices: Iterable[int] | None = None) -> Iterator[tuple[str, str, torch.Tensor, np.ndarray | None]]:
+    """Yield (name, file, logits or probabilities [C,H,W] float32 on CPU, label uint8 [H,W] or None).
+
+    One image at a time (full-resolution multi-scale inference is memory bound); `workers`
+    reads images in background processes. Labels are None when the dataset has none.
+    """
+    if output not in ("logits", "probs"):
+        raise ValueError(f"output must be 'logits' or 'probs', got {output!r}")
+    device = torch.device(device)
+    has_labels = bool(getattr(dataset, "has_labels", True))
+    subset: Any = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
+    loader = torch.utils.data.DataLoader(subset, batch_size=None, shuffle=False, num_workers=int(workers),
+                                         collate_fn=_identity)
+    model.eval()
+    for item in loader:
+        x = normalise_image(item["image"], mean, std).unsqueeze(0).to(device)
+        logits = predict_logits(model, x, scales=scales, flip=flip, amp=amp)[0]
+        out = torch.softmax(logits, dim=0) if output == "probs" else logits
+        label = item.get("label") if has_labels else None
+        if isinstance(label, torch.Tensor):
+            label = label.numpy()
+        yield item["name"], item.get("file", item["name"]), out.cpu(), label
