@@ -1,0 +1,121 @@
+"""`bismap predict`: label any folder of images with a trained checkpoint.
+
+Writes `<out>/labels/<relative path>.png` (single-channel palette PNG, Cityscapes trainIds) and
+`<out>/overlays/<relative path>.png` (the image blended with the class colours) for every
+.png/.jpg/.jpeg under `--images` (recursively, sub-folders kept). Normalisation comes from the
+checkpoint (training stages store it) unless --mean/--std are given.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from bismap.io import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("predict", help="label a folder of images with a checkpoint (label PNGs + overlays)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="bismap checkpoint (.pt) written by a training stage")
+    p.add_argument("--images", required=True, help="folder of images (.png/.jpg/.jpeg, searched recursively)")
+    p.add_argument("--out", required=True, help="output folder (labels/ and overlays/ are created in it)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="inference scales; logits are averaged (default: 1.0)")
+    p.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    p.add_argument("--which", choices=("model", "ema"), default="model",
+                   help="weights to use: the trained model or its EMA teacher (default: model)")
+    p.add_argument("--mean", type=float, nargs=3, default=None,
+                   help="normalisation mean (default: stored in the checkpoint, else ImageNet's)")
+    p.add_argument("--std", type=float, nargs=3, default=None,
+                   help="normalisation std (default: stored in the checkpoint, else ImageNet's)")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (0..1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPU affinity)")
+    p.set_defaults(func=main)
+    return p
+
+
+# Fallback when neither the command line nor the checkpoint gives a normalisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def find_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: images folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder}: no .png/.jpg/.jpeg images found")
+    return files
+
+
+def stored_normalisation(checkpoint: Path) -> tuple[list[float], list[float]] | None:
+    """The `data` {mean, std} the training stage stored in the checkpoint, if any."""
+    from bismap.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    norm = ckpt.get("data")
+    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
+        return list(norm["mean"]), list(norm["std"])
+    return None
+
+
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float) -> np.ndarray:
+    """Image blended with the class colours; ignore (255) pixels keep the image."""
+    from bismap.data.labels import colorize
+
+    colours = colorize(label).astype(np.float32)
+    out = image.astype(np.float32)
+    mask = label != 255
+    out[mask] = (1.0 - alpha) * out[mask] + alpha * colours[mask]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Path, scales=(1.0,), flip: bool = False,
+                   which: str = "model", mean=None, std=None, alpha: float = 0.5, device: str = "auto",
+                   threads: int | None = None) -> int:
+    """Label every image under `images`; returns the number of images written."""
+    from PIL import Image
+
+    from bismap.data.labels import save_label_png
+    from bismap.data.readers import read_rgb
+    from bismap.engine.checkpoint import load_model
+    from bismap.engine.device import resolve_device, set_threads
+    from bismap.io import atomic_path
+    from bismap.stages.common import predict_labels
+
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"--alpha: must be in [0, 1], got {alpha}")
+    if not scales or any(s <= 0 for s in scales):
+        raise InputError(f"--scales: need positive values, got {scales}")
+    checkpoint, images, out = Path(checkpoint), Path(images), Path(out)
+    files = find_images(images)
+    set_threads(threads)
+    dev = resolve_device(device)
+    if mean is None or std is None:
+        stored = stored_normalisation(checkpoint)
+        s_mean, s_std = stored if stored is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        mean = s_mean if mean is None else mean
+        std = s_std if std is None else std
+    model = load_model(checkpoint, device=dev, which=which)
+    for k, path in enumerate(files):
+        rel = path.relative_to(images).with_suffix(".png")
+        image = read_rgb(path)
+        label = predict_labels(model, image, mean=mean, std=std, scales=scales, flip=flip, device=dev)
+        save_label_png(out / "labels" / rel, label)
+        target = out / "overlays" / rel
+        with atomic_path(target) as tmp:
+            Image.fromarray(overlay(image, label, alpha)).save(tmp, format="PNG")
+        print(f"predict: {k + 1}/{len(files)} {rel}", flush=True)
+    return len(files)
+
+
+def main(args: argparse.Namespace) -> None:
+    predict_folder(checkpoint=args.checkpoint, images=args.images, out=args.out, scales=args.scales, flip=args.flip,
+                   which=args.which, mean=args.mean, std=args.std, alpha=args.alpha, device=args.device,
+                   threads=args.threads)

@@ -1,0 +1,97 @@
+"""Stage: self-distillation round (the original's Stage E, training half).
+
+A fresh student (backbone from `distillation.student_weights`, e.g. SimCLRv2 R101-1x-SK0, and a
+fresh head) learns from STM-weighted source CE, symmetric CE on the teacher's hard labels and a
+distillation term against the frozen teacher's logits on the same weak target crop. No EMA and
+no consistency term, as in the original. `kd.variant: kl` is a true KL(teacher || student);
+`original` reproduces the original's probabilities-as-log-probabilities term (see losses).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bismap.io import InputError
+from bismap.stages import common
+
+SECTION = "distillation"
+
+
+def student_model_config(model: dict, cfg: dict) -> dict:
+    """The `model` slice with the student's backbone weights (null = `model.weights`) and optional
+    `student_backbone` (null/absent = `model.backbone`, e.g. simclr_r101 for r101_1x_sk0.pth)."""
+    weights = cfg.get("student_weights")
+    return common.model_config(model, weights=weights, backbone=cfg.get("student_backbone"))
+
+
+def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
+    """Per-iteration loss for trainer.fit: source CE (+STM) + target SCE + kd.weight * KD."""
+    from bismap.losses import distillation_loss, symmetric_cross_entropy, weighted_cross_entropy
+
+    use_stm = bool(common.require(cfg, "use_stm", SECTION))
+    sce = common.require(cfg, "sce", SECTION)
+    alpha = float(common.require(sce, "alpha", f"{SECTION}.sce"))
+    beta = float(common.require(sce, "beta", f"{SECTION}.sce"))
+    kd = common.require(cfg, "kd", SECTION)
+    kd_weight = float(common.require(kd, "weight", f"{SECTION}.kd"))
+    variant = str(common.require(kd, "variant", f"{SECTION}.kd"))
+    if variant not in ("kl", "original"):
+        raise InputError(f"config: `{SECTION}.kd.variant` must be 'kl' or 'original', got {variant!r}")
+
+    def loss_fn(ctx):
+        src, tgt = ctx.batches["source"], ctx.batches["target"]
+        with ctx.autocast():
+            _, src_logits = ctx.model(src["image"])
+            _, tgt_logits = ctx.model(tgt["image"])
+        losses = {
+            "source_ce": weighted_cross_entropy(src_logits.float(), src["label"],
+                                                weight=src["weight"] if use_stm else None),
+            "target_sce": symmetric_cross_entropy(tgt_logits.float(), tgt["label"], alpha=alpha, beta=beta),
+        }
+        if kd_weight != 0.0:
+            with torch.no_grad(), ctx.autocast():
+                _, teacher_logits = teacher(tgt["image"])
+            losses["kd"] = kd_weight * distillation_loss(tgt_logits.float(), teacher_logits.float(), variant=variant)
+        return losses
+
+    return loss_fn
+
+
+def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_checkpoint: str | Path,
+        out_checkpoint: str | Path, model: dict, train: dict, augment: dict, cfg: dict, data: dict,
+        threads: int = 1) -> None:
+    """Distil the frozen teacher into a fresh student; writes the final-iteration checkpoint."""
+    from bismap.engine import checkpoint, trainer
+
+    device = common.setup(threads, data)
+    seed = int(common.require(train, "seed", "train"))
+    use_stm = bool(common.require(cfg, "use_stm", SECTION))
+    if use_stm and stm_maps is None:
+        raise InputError(f"{SECTION}: `use_stm` is true but no STM maps file was given")
+    stm = stm_maps if use_stm else None
+
+    teacher = checkpoint.load_model(str(teacher_checkpoint), device=device, which="model")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    src_view = common.build_view(source, augment, data, seed=common.derive_seed(seed, "source-view"),
+                                 weight_maps=stm)
+    tgt_view = common.build_view(target, augment, data, seed=common.derive_seed(seed, "target-view"))
+    streams = {
+        "source": common.build_stream(src_view, train, data, seed=common.derive_seed(seed, "source-stream")),
+        "target": common.build_stream(tgt_view, train, data, seed=common.derive_seed(seed, "target-stream")),
+    }
+    student_cfg = student_model_config(model, cfg)
+    net = common.build_seeded_model(student_cfg, seed)
+    fp = common.fingerprint(stage="distillation", source=common.spec_signature(source),
+                            target=common.spec_signature(target), stm=common.path_signature(stm),
+                            teacher=common.path_signature(teacher_checkpoint), model=student_cfg,
+                            train=common.train_for_fingerprint(train), augment=augment,
+                            cfg={k: v for k, v in cfg.items() if k != "rounds"},  # the round count: not this result
+                            data=common.data_for_fingerprint(data))
+    trainer.fit(model=net, loss_fn=make_loss_fn(cfg, teacher), streams=streams,
+                train_cfg=train, out_checkpoint=Path(out_checkpoint), fingerprint=fp,
+                ema_decay=None, device=device,
+                model_config=student_cfg, extra_state={"data": common.normalisation(data)})

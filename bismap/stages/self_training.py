@@ -1,0 +1,116 @@
+"""Stage: self-training on fixed target pseudo labels (the original's Stage D).
+
+Per iteration: STM-weighted CE on the (stylised) source, symmetric CE on the fixed pseudo labels
+computed on the weak target view, and a mean-teacher masked consistency term (EMA teacher on the
+weak view, student on the strong cut-out view, KL on the kept pixels) ramped up with a sigmoid.
+The model is built fresh from the `model` slice, not from the warm-up, as in the original.
+
+The naive self-training baseline is this function with naive (confidence-threshold) labels,
+`use_stm: false` and `consistency.weight: 0`; weight 0 also drops the strong view and the EMA.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from bismap.io import InputError
+from bismap.stages import common
+
+
+@contextlib.contextmanager
+def teacher_mode(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Train-mode BN (batch statistics, as the original) with every dropout off; restores modes after."""
+    modes = {m: m.training for m in net.modules()}
+    net.train()
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)):
+            m.eval()
+    try:
+        yield net
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def consistency_weight(cfg: dict, iteration: int) -> float:
+    """weight * sigmoid_rampup(iteration, rampup): the mean-teacher weight at this iteration."""
+    from bismap.losses import sigmoid_rampup
+
+    cons = common.require(cfg, "consistency", "self_training")
+    weight = float(common.require(cons, "weight", "self_training.consistency"))
+    if weight == 0.0:
+        return 0.0
+    return weight * float(sigmoid_rampup(iteration, int(common.require(cons, "rampup", "self_training.consistency"))))
+
+
+def consistency_enabled(cfg: dict) -> bool:
+    cons = common.require(cfg, "consistency", "self_training")
+    return float(common.require(cons, "weight", "self_training.consistency")) > 0.0
+
+
+def make_loss_fn(cfg: dict):
+    """The per-iteration loss (a closure over the `self_training` slice) for trainer.fit."""
+    from bismap.losses import consistency_kl, symmetric_cross_entropy, weighted_cross_entropy
+
+    use_stm = bool(common.require(cfg, "use_stm", "self_training"))
+    sce = common.require(cfg, "sce", "self_training")
+    alpha = float(common.require(sce, "alpha", "self_training.sce"))
+    beta = float(common.require(sce, "beta", "self_training.sce"))
+    use_consistency = consistency_enabled(cfg)
+
+    def loss_fn(ctx):
+        src, tgt = ctx.batches["source"], ctx.batches["target"]
+        with ctx.autocast():
+            _, src_logits = ctx.model(src["image"])
+            _, tgt_logits = ctx.model(tgt["image"])
+        losses = {
+            "source_ce": weighted_cross_entropy(src_logits.float(), src["label"],
+                                                weight=src["weight"] if use_stm else None),
+            "target_sce": symmetric_cross_entropy(tgt_logits.float(), tgt["label"], alpha=alpha, beta=beta),
+        }
+        if use_consistency:
+            with torch.no_grad(), teacher_mode(ctx.ema), ctx.autocast():
+                _, teacher_logits = ctx.ema(tgt["image"])
+            with ctx.autocast():
+                _, strong_logits = ctx.model(tgt["strong"])
+            w = consistency_weight(cfg, ctx.iteration)
+            losses["consistency"] = w * consistency_kl(strong_logits.float(), teacher_logits.float(), tgt["keep"])
+        return losses
+
+    return loss_fn
+
+
+def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoint: str | Path, model: dict,
+        train: dict, augment: dict, cfg: dict, data: dict, threads: int = 1) -> None:
+    """Self-train a fresh `model` on source + target pseudo labels; writes the final checkpoint."""
+    from bismap.engine import trainer
+
+    device = common.setup(threads, data)
+    seed = int(common.require(train, "seed", "train"))
+    use_stm = bool(common.require(cfg, "use_stm", "self_training"))
+    cons = common.require(cfg, "consistency", "self_training")
+    use_consistency = consistency_enabled(cfg)
+    if use_stm and stm_maps is None:
+        raise InputError("self_training: `use_stm` is true but no STM maps file was given")
+    stm = stm_maps if use_stm else None
+
+    src_view = common.build_view(source, augment, data, seed=common.derive_seed(seed, "source-view"),
+                                 weight_maps=stm)
+    tgt_view = common.build_view(target, augment, data, seed=common.derive_seed(seed, "target-view"),
+                                 strong=common.require(cfg, "strong", "self_training") if use_consistency else None)
+    streams = {
+        "source": common.build_stream(src_view, train, data, seed=common.derive_seed(seed, "source-stream")),
+        "target": common.build_stream(tgt_view, train, data, seed=common.derive_seed(seed, "target-stream")),
+    }
+    net = common.build_seeded_model(model, seed)
+    fp = common.fingerprint(stage="self_training", source=common.spec_signature(source),
+                            target=common.spec_signature(target), stm=common.path_signature(stm), model=model,
+                            train=common.train_for_fingerprint(train), augment=augment, cfg=cfg,
+                            data=common.data_for_fingerprint(data))
+    ema_decay = float(common.require(cons, "ema_decay", "self_training.consistency")) if use_consistency else None
+    trainer.fit(model=net, loss_fn=make_loss_fn(cfg), streams=streams, train_cfg=train,
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=ema_decay, device=device,
+                model_config=model, extra_state={"data": common.normalisation(data)})

@@ -1,0 +1,38 @@
+"""Stage: supervised training on one labelled dataset spec.
+
+Used twice in the DAG: the source-only warm-up (GTA5/SYNTHIA, whose decoder features feed the
+prototypes and whose predictions are the source-only baseline) and the target-supervised oracle
+(the same function on Cityscapes train with its ground truth). Plain cross entropy, no weights:
+the original ships no warm-up config, so this is the simplest faithful choice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bismap.stages import common
+
+
+def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict,
+        threads: int = 1) -> None:
+    """Train `model` on the labelled `source` spec and write the final-iteration checkpoint."""
+    from bismap.engine import trainer
+    from bismap.losses import weighted_cross_entropy
+
+    device = common.setup(threads, data)
+    seed = int(common.require(train, "seed", "train"))
+    view = common.build_view(source, augment, data, seed=common.derive_seed(seed, "source-view"))
+    streams = {"source": common.build_stream(view, train, data, seed=common.derive_seed(seed, "source-stream"))}
+    net = common.build_seeded_model(model, seed)
+
+    def loss_fn(ctx):
+        batch = ctx.batches["source"]
+        with ctx.autocast():
+            _, logits = ctx.model(batch["image"])
+        return {"ce": weighted_cross_entropy(logits.float(), batch["label"])}
+
+    fp = common.fingerprint(stage="warmup", source=common.spec_signature(source), model=model,
+                            train=common.train_for_fingerprint(train), augment=augment,
+                            data=common.data_for_fingerprint(data))
+    trainer.fit(model=net, loss_fn=loss_fn, streams=streams, train_cfg=train,
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=None, device=device,
+                model_config=model, extra_state={"data": common.normalisation(data)})
