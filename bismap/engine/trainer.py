@@ -258,7 +258,9 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
     if main:
         final = {"format": ckpt_io.FORMAT, "model_config": mcfg, "model": model.state_dict(),
                  "ema": ema.state_dict() if ema is not None else None, "iteration": total,
-                 "fingerprint": fingerprint, "train_cfg": cfg, **extra}
+                 "train_cfg": cfg, **extra}
+        # No fingerprint here: it hashes input paths and mtimes, and the final file must be
+        # a function of config and seed only (byte-identical across working folders and hosts).
         ckpt_io.save_checkpoint(out_checkpoint, final)
         resume_file.unlink(missing_ok=True)
         if writer is not None:
