@@ -1,0 +1,87 @@
+# Baselines sharing the DAG: naive self-training (confidence-threshold labels from the warm-up,
+# no STM, no GMM) and the target-supervised oracle.
+
+
+rule naive_labels:
+    """Naive pseudo labels: warm-up argmax where the softmax confidence passes naive.threshold."""
+    input:
+        checkpoint=model_ckpt("warmup"),
+        target_root=TARGET_ROOT,
+    output:
+        out_dir=directory(f"{RESULTS}/labels/naive"),
+        out_quality=f"{RESULTS}/labels/naive.quality.json",
+    params:
+        target=target_spec("train", labels="none"),
+        target_gt=target_gt_spec(),
+        cfg=C("naive"),
+        data=data_cfg(),
+    log:
+        f"{LOGS}/naive_labels.log",
+    benchmark:
+        f"{BENCH}/naive_labels.tsv"
+    threads: threads("naive_labels")
+    resources:
+        **res("naive_labels"),
+    conda:
+        ENV
+    script:
+        "../scripts/naive_labels.py"
+
+
+rule naive_self_training:
+    """Self-training on the naive labels with the naive_self_training settings."""
+    input:
+        **source_inputs(),
+        target_root=TARGET_ROOT,
+        pseudo_labels=rules.naive_labels.output.out_dir,
+        **stm_input("naive_self_training"),
+        **model_inputs(),
+    output:
+        checkpoint=model_ckpt("naive_self_training"),
+    params:
+        source=source_spec(),
+        target=target_spec("train", labels=str(rules.naive_labels.output.out_dir)),
+        model=C("model"),
+        train=train_cfg("naive_self_training"),
+        augment=C("augment"),
+        cfg=C("naive_self_training"),
+        data=data_cfg(),
+    log:
+        f"{LOGS}/naive_self_training.log",
+    benchmark:
+        f"{BENCH}/naive_self_training.tsv"
+    threads: threads("naive_self_training")
+    resources:
+        **res("naive_self_training"),
+    conda:
+        ENV
+    script:
+        "../scripts/naive_self_training.py"
+
+
+if ORACLE:
+
+    rule oracle:
+        """Target-supervised upper bound: the warm-up stage on target train with its ground truth."""
+        input:
+            **model_inputs(),
+            target_root=TARGET_ROOT,
+        output:
+            checkpoint=model_ckpt("oracle"),
+        params:
+            source=target_spec("train"),
+            model=C("model"),
+            train=train_cfg("oracle"),
+            augment=C("augment"),
+            data=data_cfg(),
+        log:
+            f"{LOGS}/oracle.log",
+        benchmark:
+            f"{BENCH}/oracle.tsv"
+        threads: threads("oracle")
+        resources:
+            **res("oracle"),
+        conda:
+            ENV
+        script:
+            "../scripts/warmup.py"

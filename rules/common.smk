@@ -1,0 +1,187 @@
+# Helpers shared by all .smk files (no rules here): output paths, dataset specs, the config
+# slices each stage declares as params, and its resources.
+
+import json
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+
+def C(dpath):
+    """One config slice, looked up by path (e.g. "stm" or "data/mean")."""
+    return lookup(dpath=dpath, within=config)
+
+
+EXP = config["experiment"]
+RESULTS = f"results/{EXP}"
+LOGS = f"logs/{EXP}"
+BENCH = f"benchmarks/{EXP}"
+ENV = "../envs/bismap.yaml"
+
+SYNTHETIC = C("synthetic/enabled")
+ROUNDS = C("distillation/rounds")
+ORACLE = C("oracle/enabled") and C("data/target/train_has_labels")
+TARGET_GT = C("data/target/train_has_labels")
+STYLIZE = C("stylize/method")
+
+if STYLIZE == "folder" and not C("stylize/folder"):
+    raise WorkflowError("Invalid config: `stylize.folder` must be set when `stylize.method` is folder")
+
+# Models evaluated on target val, in table order: (file stem, table label).
+MODELS = [("warmup", "source-only"), ("naive_self_training", "naive self-training"),
+          ("self_training", "BiSMAP self-training")]
+MODELS += [(f"distillation_r{r}", f"distillation {r}") for r in range(1, ROUNDS + 1)]
+if ORACLE:
+    MODELS.append(("oracle", "oracle"))
+
+# GPU stages ask for gpu=1 when resources.use_gpu is true.
+GPU_STAGES = {"warmup", "oracle", "class_entropy", "stm_features", "source_features", "pseudo_labels",
+              "naive_labels", "self_training", "naive_self_training", "teacher_labels", "distillation",
+              "evaluate"}
+
+
+def res(stage):
+    """Resources of one stage from the `resources` section."""
+    r = C(f"resources/{stage}")
+    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+    if stage in GPU_STAGES:
+        out["gpu"] = 1 if C("resources/use_gpu") else 0
+    return out
+
+
+def synthetic_cfg():
+    """The generator's slice: `synthetic` without the workflow switch `enabled`."""
+    return {k: v for k, v in C("synthetic").items() if k != "enabled"}
+
+
+def stylize_cfg():
+    """The FDA stage's slice: `stylize` without `folder` (only the workflow reads that)."""
+    return {k: v for k, v in C("stylize").items() if k != "folder"}
+
+
+def threads(stage):
+    return C(f"resources/{stage}/threads")
+
+
+def train_cfg(stage):
+    """`train` with the stage's non-null `train_overrides` applied: the trainer's effective slice."""
+    merged = dict(C("train"))
+    merged.update({k: v for k, v in C(f"train_overrides/{stage}").items() if v is not None})
+    return merged
+
+
+def data_cfg():
+    """The `data` slice stages read: loading/normalisation only (dataset roots travel in specs)."""
+    return {key: C(f"data/{key}") for key in ("mean", "std", "workers", "device")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset roots and specs
+
+SYN_SOURCE = f"{RESULTS}/data/source"
+SYN_TARGET = f"{RESULTS}/data/target"
+SOURCE_ROOT = SYN_SOURCE if SYNTHETIC else C("data/source/root")
+TARGET_ROOT = SYN_TARGET if SYNTHETIC else C("data/target/root")
+STYLIZED = {"fda": f"{RESULTS}/stylized", "folder": C("stylize/folder"), "none": None}[STYLIZE]
+
+
+def source_raw_spec():
+    """Source as stored (the stylize stage's input)."""
+    return {"dataset": "gta5" if SYNTHETIC else C("data/source/dataset"), "root": SOURCE_ROOT,
+            "size": C("data/source/size")}
+
+
+def source_spec():
+    """Source as every training/feature stage reads it: stylised images when configured."""
+    spec = source_raw_spec()
+    if STYLIZED is not None:
+        spec["images"] = STYLIZED
+    return spec
+
+
+def target_spec(split="train", labels=None):
+    """Target spec; labels: None = ground truth, "none" = unlabelled, or a folder of label PNGs."""
+    spec = {"dataset": C("data/target/dataset"), "root": TARGET_ROOT,
+            "split": C(f"data/target/{split}_split"), "size": C("data/target/size")}
+    if labels is not None:
+        spec["labels"] = labels
+    return spec
+
+
+def target_gt_spec():
+    """Target train with ground truth for label-quality scores, or None when it has none."""
+    return target_spec("train") if TARGET_GT else None
+
+
+def source_inputs():
+    """Folders every stage that reads the source depends on."""
+    out = {"source_root": SOURCE_ROOT}
+    if STYLIZED is not None:
+        out["stylized"] = STYLIZED
+    return out
+
+
+def weights_input(key, value):
+    """A pretrained-weights file as an input, so a missing file stops the DAG, not a job."""
+    return {} if value in (None, "none", "imagenet") else {key: value}
+
+
+def model_inputs():
+    return weights_input("model_weights", C("model/weights"))
+
+
+def stm_input(section):
+    """The STM maps as an input only when the stage's `use_stm` is on."""
+    return {"stm_maps": f"{RESULTS}/stm/maps.h5"} if C(f"{section}/use_stm") else {}
+
+
+def model_ckpt(name):
+    return f"{RESULTS}/models/{name}.pt"
+
+
+def previous_model(r):
+    """Teacher of distillation round r: the self-trained model for r=1, else round r-1."""
+    r = int(r)
+    return model_ckpt("self_training" if r == 1 else f"distillation_r{r - 1}")
+
+
+def summary_outputs():
+    return [f"{RESULTS}/summary.md", f"{RESULTS}/summary.json", f"{RESULTS}/figures/miou.png",
+            f"{RESULTS}/figures/samples.png"]
+
+
+def print_summary():
+    summary = Path(f"{RESULTS}/summary.md")
+    if summary.exists():
+        print(summary.read_text(), flush=True)
+
+
+
+def stm_extractor_inputs(wildcards):
+    """The warm-up checkpoint, or the SimCLRv2 weights file when stm.extractor is simclr."""
+    if C("stm/extractor") == "simclr":
+        if not C("stm/weights"):
+            raise WorkflowError("Invalid config: `stm.weights` must be set when `stm.extractor` is simclr")
+        return {"weights": C("stm/weights")}
+    return {"checkpoint": model_ckpt("warmup")}
+
+
+def final_model():
+    return model_ckpt(f"distillation_r{ROUNDS}" if ROUNDS > 0 else "self_training")
+
+
+def label_quality_inputs():
+    """Quality jsons of every label set the DAG produces, keyed by a table label."""
+    out = {"naive labels": f"{RESULTS}/labels/naive.quality.json",
+           "GMM pseudo labels": f"{RESULTS}/labels/pseudo.quality.json"}
+    for r in range(1, ROUNDS + 1):
+        out[f"teacher labels r{r}"] = f"{RESULTS}/labels/teacher_r{r}.quality.json"
+    return out
+
+
+def sample_label_dirs():
+    out = {"naive": f"{RESULTS}/labels/naive", "pseudo": f"{RESULTS}/labels/pseudo"}
+    if ROUNDS > 0:
+        out[f"teacher r{ROUNDS}"] = f"{RESULTS}/labels/teacher_r{ROUNDS}"
+    return out

@@ -1,0 +1,74 @@
+# Multiple anisotropic prototypes (source -> target direction): source decoder features,
+# per-class diagonal GMMs, target pseudo labels.
+
+
+rule source_features:
+    """Per-class banks of decoder features of correctly predicted source pixels (HDF5)."""
+    input:
+        **source_inputs(),
+        checkpoint=model_ckpt("warmup"),
+    output:
+        out_h5=f"{RESULTS}/prototypes/source_features.h5",
+    params:
+        source=source_spec(),
+        cfg=C("source_features"),
+        data=data_cfg(),
+    log:
+        f"{LOGS}/source_features.log",
+    benchmark:
+        f"{BENCH}/source_features.tsv"
+    threads: threads("source_features")
+    resources:
+        **res("source_features"),
+    conda:
+        ENV
+    script:
+        "../scripts/source_features.py"
+
+
+rule fit_prototypes:
+    """Per-class diagonal Gaussian mixtures on the feature banks."""
+    input:
+        features_h5=rules.source_features.output.out_h5,
+    output:
+        out_path=f"{RESULTS}/prototypes/gmm.pt",
+    params:
+        cfg=C("prototypes"),
+    log:
+        f"{LOGS}/fit_prototypes.log",
+    benchmark:
+        f"{BENCH}/fit_prototypes.tsv"
+    threads: threads("fit_prototypes")
+    resources:
+        **res("fit_prototypes"),
+    conda:
+        ENV
+    script:
+        "../scripts/fit_prototypes.py"
+
+
+rule pseudo_labels:
+    """Target train pseudo labels: GMM log-likelihood argmax, thresholded; plus a quality json."""
+    input:
+        checkpoint=model_ckpt("warmup"),
+        prototypes=rules.fit_prototypes.output.out_path,
+        target_root=TARGET_ROOT,
+    output:
+        out_dir=directory(f"{RESULTS}/labels/pseudo"),
+        out_quality=f"{RESULTS}/labels/pseudo.quality.json",
+    params:
+        target=target_spec("train", labels="none"),
+        target_gt=target_gt_spec(),
+        cfg=C("pseudo_labels"),
+        data=data_cfg(),
+    log:
+        f"{LOGS}/pseudo_labels.log",
+    benchmark:
+        f"{BENCH}/pseudo_labels.tsv"
+    threads: threads("pseudo_labels")
+    resources:
+        **res("pseudo_labels"),
+    conda:
+        ENV
+    script:
+        "../scripts/pseudo_labels.py"

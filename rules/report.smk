@@ -1,0 +1,42 @@
+# Report: the metrics table (printed at the end of the run), summary json and figures for
+# `snakemake --report report.html`.
+
+
+rule report:
+    """Metrics table (markdown + json), per-model mIoU bar plot and example mosaics."""
+    input:
+        metrics=[f"{RESULTS}/metrics/{name}.json" for name, _ in MODELS],
+        quality=list(label_quality_inputs().values()),
+        label_dirs=list(sample_label_dirs().values()),
+        final_checkpoint=final_model(),
+        target_root=TARGET_ROOT,
+        **({"stm_maps": rules.stm_maps.output.out_h5} if C("self_training/use_stm") else {}),
+        **source_inputs(),
+    output:
+        summary_md=f"{RESULTS}/summary.md",
+        summary_json=f"{RESULTS}/summary.json",
+        miou_png=report(f"{RESULTS}/figures/miou.png", category="Results", caption="../report/miou.rst"),
+        samples_png=report(f"{RESULTS}/figures/samples.png", category="Examples",
+                           caption="../report/samples.rst"),
+    params:
+        experiment=EXP,
+        models=[label for _, label in MODELS],
+        quality_labels=list(label_quality_inputs()),
+        label_dir_names=list(sample_label_dirs()),
+        target=target_spec("train", labels="none"),
+        target_gt=target_gt_spec(),
+        source=source_spec(),
+        cfg=C("report"),
+        protocol=C("evaluation/protocol"),
+        data=data_cfg(),
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
+    threads: threads("report")
+    resources:
+        **res("report"),
+    conda:
+        ENV
+    script:
+        "../scripts/report.py"

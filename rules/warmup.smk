@@ -1,0 +1,27 @@
+# Warm-up: source-only supervised training (also the source-only baseline).
+
+
+rule warmup:
+    """Source-only training: the source-only baseline and the model the prototypes come from."""
+    input:
+        **source_inputs(),
+        **model_inputs(),
+    output:
+        checkpoint=model_ckpt("warmup"),
+    params:
+        source=source_spec(),
+        model=C("model"),
+        train=train_cfg("warmup"),
+        augment=C("augment"),
+        data=data_cfg(),
+    log:
+        f"{LOGS}/warmup.log",
+    benchmark:
+        f"{BENCH}/warmup.tsv"
+    threads: threads("warmup")
+    resources:
+        **res("warmup"),
+    conda:
+        ENV
+    script:
+        "../scripts/warmup.py"

@@ -1,0 +1,13 @@
+"""Snakemake entry point of the distillation (round r) stage (rule in rules/training.smk); plumbing only."""
+import _bootstrap  # noqa: F401  (repository root on sys.path)
+from bismap.workflow import stage_logging
+
+smk = snakemake  # noqa: F821  (injected by Snakemake)
+
+with stage_logging(smk):
+    from bismap.stages.distillation import run
+
+    run(source=smk.params.source, target=smk.params.target, stm_maps=smk.input.get("stm_maps"),
+        teacher_checkpoint=smk.input.teacher_checkpoint, out_checkpoint=smk.output.checkpoint,
+        model=smk.params.model, train=smk.params.train, augment=smk.params.augment, cfg=smk.params.cfg,
+        data=smk.params.data, threads=smk.threads)

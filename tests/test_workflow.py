@@ -1,0 +1,262 @@
+"""The Snakemake workflow itself, run for real with the tiny config on the CPU.
+
+Fast tests build the DAG only (`-n`), lint, and check config validation; the slow test runs the
+whole DAG once and then checks what a config edit reruns. Snakemake runs in a copy of the
+workflow files (Snakefile, rules/, scripts/, configs/, ...) so the checkout stays clean and two
+test runs never share a .snakemake lock.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "configs", "config.yaml", "envs", "report")
+
+ALL_RULES = {
+    "synthetic_data": 1, "stylize": 1, "warmup": 1, "oracle": 1, "class_entropy": 1, "stm_features": 1,
+    "stm_prototypes": 1, "stm_maps": 1, "source_features": 1, "fit_prototypes": 1, "pseudo_labels": 1,
+    "naive_labels": 1, "naive_self_training": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
+    "evaluate": 6, "report": 1, "all": 1,
+}
+
+
+def make_copy(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    # scripts/_bootstrap.py puts the copy's root first on sys.path: make it this checkout's package.
+    (dest / "bismap").symlink_to(REPO / "bismap", target_is_directory=True)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The `Job stats` table of a (dry-)run as {rule: count}; {} when there is nothing to do."""
+    if "Job stats:" not in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    counts: dict[str, int] = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def dry_run(workdir: Path, *configfiles: str, extra: tuple[str, ...] = ()) -> dict[str, int]:
+    proc = snakemake(workdir, "-n", "--cores", "2", *extra, "--configfile", *configfiles)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return job_counts(proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory) -> Path:
+    return make_copy(tmp_path_factory.mktemp("workflow"))
+
+
+# ------------------------------------------------------------------------------------ fast tests
+def test_dry_run_has_every_stage(wf):
+    assert dry_run(wf, "configs/tiny.yaml") == ALL_RULES
+
+
+def test_default_config_dry_run_has_every_stage(wf):
+    proc = snakemake(wf, "-n", "--cores", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert job_counts(proc.stdout + proc.stderr) == ALL_RULES
+
+
+def test_distillation_rounds_follow_config(wf, tmp_path):
+    cfg = tmp_path / "rounds.yaml"
+    cfg.write_text("distillation: {rounds: 3}\noracle: {enabled: false}\n")
+    counts = dry_run(wf, "configs/tiny.yaml", str(cfg))
+    assert counts["distillation"] == 3 and counts["teacher_labels"] == 3
+    assert "oracle" not in counts
+    assert counts["evaluate"] == 6  # warmup, naive, self-training, 3 rounds
+
+
+def test_stylize_method_selects_the_source_images(wf, tmp_path):
+    none = tmp_path / "none.yaml"
+    none.write_text("stylize: {method: none}\n")
+    assert "stylize" not in dry_run(wf, "configs/tiny.yaml", str(none))
+    folder = tmp_path / "folder.yaml"
+    styl = tmp_path / "stylised"
+    styl.mkdir()
+    folder.write_text(f"stylize: {{method: folder, folder: {styl}}}\n")
+    proc = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", "configs/tiny.yaml", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    assert "rule stylize" not in proc.stdout
+    assert str(styl) in proc.stdout  # an input of the source-reading rules
+
+
+def test_real_dataset_roots_replace_the_synthetic_data(wf, tmp_path):
+    src, tgt = tmp_path / "gta5", tmp_path / "cityscapes"
+    src.mkdir()
+    tgt.mkdir()
+    cfg = tmp_path / "real.yaml"
+    cfg.write_text(yaml.safe_dump({"synthetic": {"enabled": False},
+                                   "data": {"source": {"root": str(src)}, "target": {"root": str(tgt)}}}))
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert "synthetic_data" not in job_counts(proc.stdout)
+    assert str(src) in proc.stdout and str(tgt) in proc.stdout
+
+
+def test_gpu_resource_follows_use_gpu(wf, tmp_path):
+    cfg = tmp_path / "gpu.yaml"
+    cfg.write_text("resources: {use_gpu: true, warmup: {threads: 2, mem_mb: 3000, runtime: 7}}\n")
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    block = proc.stdout.split("rule warmup:", 1)[1].split("\n\n", 1)[0]
+    assert "gpu=1" in block and "mem_mb=3000" in block and "runtime=7" in block
+    report = proc.stdout.split("rule report:", 1)[1].split("\n\n", 1)[0]
+    assert "gpu=" not in report
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("foo: 1\n", "unknown key foo"),
+    ("train: {iteratons: 5}\n", "unknown key train.iteratons"),
+    ("stm: {k: many}\n", "stm.k: 'many' is not of type 'integer'"),
+    ("train_overrides: {distillation: {lr: -1}}\n", "train_overrides.distillation.lr"),
+    ("stylize: {method: cyclegan}\n", "stylize.method"),
+])
+def test_bad_config_fails_before_any_job_naming_the_key(wf, tmp_path, content, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    proc = snakemake(wf, "--cores", "1", "--configfile", "configs/tiny.yaml", str(cfg))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Invalid config" in out and needle in out, out
+    assert "Job stats" not in out
+    assert not (wf / "results").exists()
+
+
+def test_lint_is_clean(wf):
+    proc = snakemake(wf, "--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_schema_defaults_are_config_yaml():
+    """config.yaml spells out the embedded default: exactly what the schema fills into `{}`."""
+    from jsonschema import Draft202012Validator, validators
+
+    schema = yaml.safe_load((REPO / "configs/schema.yaml").read_text())
+    props = Draft202012Validator.VALIDATORS["properties"]
+
+    def fill(validator, properties, instance, sub):
+        for key, value in properties.items():
+            if "default" in value and isinstance(instance, dict):
+                instance.setdefault(key, json.loads(json.dumps(value["default"])))
+        yield from props(validator, properties, instance, sub)
+
+    filled: dict = {}
+    validators.extend(Draft202012Validator, {"properties": fill})(schema).validate(filled)
+    assert filled == yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_schema_documents_every_key():
+    schema = yaml.safe_load((REPO / "configs/schema.yaml").read_text())
+    missing = []
+
+    def walk(node, path):
+        if node.get("type") == "object" or "properties" in node:
+            assert node.get("additionalProperties") is False, f"{path}: additionalProperties must be false"
+        for key, sub in node.get("properties", {}).items():
+            where = f"{path}.{key}".lstrip(".")
+            if "default" not in sub:
+                missing.append(f"{where}: default")
+            if "description" not in sub and "$ref" not in sub:
+                missing.append(f"{where}: description")
+            walk(sub, where)
+
+    walk(schema, "")
+    for name, sub in schema["$defs"].items():
+        walk(sub, f"$defs.{name}")
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ["gta5", "synthia"])
+def test_paper_configs_validate(wf, tmp_path, name):
+    src, tgt = tmp_path / "src", tmp_path / "cs"
+    src.mkdir()
+    tgt.mkdir()
+    r152, r101 = tmp_path / "r152_1x_sk1.pth", tmp_path / "r101_1x_sk0.pth"
+    r152.write_bytes(b"")
+    r101.write_bytes(b"")
+    roots = tmp_path / "roots.yaml"
+    roots.write_text(yaml.safe_dump({"data": {"source": {"root": str(src)}, "target": {"root": str(tgt)}},
+                                     "stm": {"weights": str(r152)},
+                                     "distillation": {"student_weights": str(r101)}}))
+    counts = dry_run(wf, f"configs/{name}.yaml", str(roots))
+    assert "synthetic_data" not in counts
+    assert counts["distillation"] == 2 and counts["evaluate"] == 6
+    # the pretrained files are inputs: a missing one stops the DAG before any job
+    r101.unlink()
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", f"configs/{name}.yaml", str(roots))
+    assert proc.returncode != 0 and "r101_1x_sk0.pth" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------ real run
+@pytest.mark.slow
+def test_tiny_run_then_exact_reruns(wf, tmp_path):
+    proc = snakemake(wf, "--cores", "2", "--configfile", "configs/tiny.yaml", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    out = wf / "results" / "tiny"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["model"] for r in summary["models"]] == [
+        "source-only", "naive self-training", "BiSMAP self-training", "distillation 1", "distillation 2", "oracle"]
+    assert all(r["miou"] is not None and len(r["iou_per_class"]) == 19 for r in summary["models"])
+    table = (out / "summary.md").read_text()
+    assert "| BiSMAP self-training |" in table
+    assert "| BiSMAP self-training |" in proc.stdout + proc.stderr  # printed at the end of the run
+    for png in ("figures/miou.png", "figures/samples.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Nothing changed: nothing to do.
+    again = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml")
+    assert again.returncode == 0 and job_counts(again.stdout) == {}, again.stdout
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A distillation key: both rounds, round 2's teacher labels (downstream of round 1), their
+    # evaluations and the summary; nothing upstream.
+    edit = tmp_path / "kd.yaml"
+    edit.write_text("distillation: {kd: {weight: 0.5}}\n")
+    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {
+        "distillation": 2, "teacher_labels": 1, "evaluate": 2, "report": 1, "all": 1}
+
+    # A pseudo-label key: pseudo labels and everything downstream; not warm-up, STM or baselines.
+    edit = tmp_path / "pl.yaml"
+    edit.write_text("pseudo_labels: {percentile: 40.0}\n")
+    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {
+        "pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
+        "report": 1, "all": 1}
+
+    # A report key touches only the report.
+    edit = tmp_path / "rep.yaml"
+    edit.write_text("report: {samples: 1}\n")
+    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {"report": 1, "all": 1}
+
+    # `snakemake --report` builds the HTML report from the marked figures.
+    rep = snakemake(wf, "--configfile", "configs/tiny.yaml", "--report", "report.html")
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert (wf / "report.html").stat().st_size > 10_000
