@@ -6,7 +6,12 @@
 # Every rule gets exactly the config slices its stage reads as `params`, so editing one value
 # reruns the stages that depend on it (and their downstream), nothing upstream.
 
+import sys
+import time
+
 from snakemake.utils import min_version, validate
+
+RUN_START = time.time()
 
 min_version("9.0")
 
@@ -45,3 +50,8 @@ rule all:
 
 onsuccess:
     print_summary()
+
+
+onerror:
+    # On SLURM: name the resource (mem_mb / runtime) to raise for jobs the scheduler killed.
+    shell("{sys.executable} -m bismap.slurm_hints --since {RUN_START} .snakemake/slurm_logs || true")

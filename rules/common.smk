@@ -44,7 +44,10 @@ GPU_STAGES = {"warmup", "oracle", "class_entropy", "stm_features", "source_featu
 def res(stage):
     """Resources of one stage from the `resources` section."""
     r = C(f"resources/{stage}")
-    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+    # A retried job (profile `retries`) gets attempt x the memory and time: a job killed for
+    # exceeding either succeeds on a later attempt instead of failing the same way again.
+    out = {"mem_mb": lambda wildcards, attempt: r["mem_mb"] * attempt,
+           "runtime": lambda wildcards, attempt: r["runtime"] * attempt}
     if stage in GPU_STAGES:
         out["gpu"] = 1 if C("resources/use_gpu") else 0
     return out
@@ -134,6 +137,11 @@ def model_inputs():
 def stm_input(section):
     """The STM maps as an input only when the stage's `use_stm` is on."""
     return {"stm_maps": f"{RESULTS}/stm/maps.h5"} if C(f"{section}/use_stm") else {}
+
+
+def init_input(section):
+    """The warm-up checkpoint as an input when `<section>.init` is `warmup` (fine-tune, not fresh)."""
+    return {"init_checkpoint": model_ckpt("warmup")} if C(f"{section}/init") == "warmup" else {}
 
 
 def model_ckpt(name):
