@@ -2,7 +2,9 @@
 
 Writes `<out>/labels/<relative path>.png` (single-channel palette PNG, Cityscapes trainIds) and
 `<out>/overlays/<relative path>.png` (the image blended with the class colours) for every
-.png/.jpg/.jpeg under `--images` (recursively, sub-folders kept). Normalisation comes from the
+.png/.jpg/.jpeg under `--images` (recursively, sub-folders kept). With --labelids, also
+`<out>/labelIds/<city>_<seq>_<frame>_pred_labelIds.png`: Cityscapes labelIds at the image's full
+size, the format the official evaluation script and the test server take. Normalisation comes from the
 checkpoint (training stages store it) unless --mean/--std are given.
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="normalisation mean (default: stored in the checkpoint, else ImageNet's)")
     p.add_argument("--std", type=float, nargs=3, default=None,
                    help="normalisation std (default: stored in the checkpoint, else ImageNet's)")
+    p.add_argument("--labelids", action="store_true",
+                   help="also write Cityscapes labelIds PNGs (for cityscapesScripts / the test server)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (0..1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPU affinity)")
@@ -78,7 +82,7 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float) -> np.ndarray:
 
 def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Path, scales=(1.0,), flip: bool = False,
                    which: str = "model", mean=None, std=None, alpha: float = 0.5, device: str = "auto",
-                   threads: int | None = None) -> int:
+                   threads: int | None = None, labelids: bool = False) -> int:
     """Label every image under `images`; returns the number of images written."""
     from PIL import Image
 
@@ -86,6 +90,7 @@ def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Pat
     from bismap.data.readers import read_rgb
     from bismap.engine.checkpoint import load_model
     from bismap.engine.device import resolve_device, set_threads
+    from bismap.evaluation.export import export_labelids, labelids_file_name
     from bismap.io import atomic_path
     from bismap.stages.common import predict_labels
 
@@ -95,6 +100,9 @@ def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Pat
         raise InputError(f"--scales: need positive values, got {scales}")
     checkpoint, images, out = Path(checkpoint), Path(images), Path(out)
     files = find_images(images)
+    if labelids:  # check every name before any work: a late failure would waste the whole run
+        for path in files:
+            labelids_file_name(path.name)
     set_threads(threads)
     dev = resolve_device(device)
     if mean is None or std is None:
@@ -111,6 +119,8 @@ def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Pat
         target = out / "overlays" / rel
         with atomic_path(target) as tmp:
             Image.fromarray(overlay(image, label, alpha)).save(tmp, format="PNG")
+        if labelids:
+            export_labelids(label, out / "labelIds" / labelids_file_name(path.name), size=None)
         print(f"predict: {k + 1}/{len(files)} {rel}", flush=True)
     return len(files)
 
@@ -118,4 +128,4 @@ def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Pat
 def main(args: argparse.Namespace) -> None:
     predict_folder(checkpoint=args.checkpoint, images=args.images, out=args.out, scales=args.scales, flip=args.flip,
                    which=args.which, mean=args.mean, std=args.std, alpha=args.alpha, device=args.device,
-                   threads=args.threads)
+                   threads=args.threads, labelids=args.labelids)

@@ -78,3 +78,27 @@ def test_predict_overlay_blend_and_errors(tmp_path, capsys) -> None:
     assert main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), "--images", str(empty),
                  "--out", str(tmp_path / "o")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_predict_exports_cityscapes_labelids(tmp_path) -> None:
+    """--labelids writes what cityscapesScripts reads: labelIds (car = id 26) at the image's size."""
+    images = tmp_path / "leftImg8bit" / "val" / "aachen"
+    images.mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(images / "aachen_000001_000019_leftImg8bit.png")
+    ckpt = constant_checkpoint(tmp_path / "c.pt", 13, None)
+    rc = main(["predict", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(tmp_path / "o"),
+               "--labelids", "--device", "cpu", "--threads", "1"])
+    assert rc == 0
+    ids = np.array(Image.open(tmp_path / "o" / "labelIds" / "aachen_000001_000019_pred_labelIds.png"))
+    assert ids.shape == (16, 32) and np.all(ids == 26)
+
+
+def test_predict_labelids_needs_cityscapes_names(tmp_path, capsys) -> None:
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(images / "photo.png")
+    ckpt = constant_checkpoint(tmp_path / "c.pt", 13, None)
+    rc = main(["predict", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(tmp_path / "o"),
+               "--labelids", "--device", "cpu"])
+    assert rc == 2 and "photo.png" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
