@@ -11,7 +11,7 @@ import sys
 
 from bismap.io import InputError
 
-SUBCOMMANDS = ("synth", "evaluate", "predict")
+SUBCOMMANDS = ("synth", "evaluate", "predict", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ rule naive_self_training:
         pseudo_labels=rules.naive_labels.output.out_dir,
         **stm_input("naive_self_training"),
         **model_inputs(),
+        **init_input("naive_self_training"),
     output:
         checkpoint=model_ckpt("naive_self_training"),
     params:

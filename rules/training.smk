@@ -10,6 +10,7 @@ rule self_training:
         pseudo_labels=rules.pseudo_labels.output.out_dir,
         **stm_input("self_training"),
         **model_inputs(),
+        **init_input("self_training"),
     output:
         checkpoint=model_ckpt("self_training"),
     params:

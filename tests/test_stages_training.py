@@ -384,6 +384,45 @@ def test_distillation_end_to_end_student_weights(tiny, capsys) -> None:
             assert torch.equal(ckpt["model"]["backbone." + k], v), k
 
 
+def test_self_training_init_warmup_starts_from_the_checkpoint(tiny) -> None:
+    """init: warmup with lr 0 leaves the warm-up's weights; a missing checkpoint is an input error."""
+    from bismap.stages import self_training
+
+    init = constant_checkpoint(tiny["tmp"] / "init_warmup.pt", ROAD)
+    target = write_labels(tiny["tmp"] / "pseudo_init", tiny["target"], lambda it: it["label"])
+    cfg = {**st_cfg(0.0, False), "init": "warmup"}
+    out = tiny["tmp"] / "st_init.pt"
+    self_training.run(source=tiny["source"], target=target, stm_maps=None, out_checkpoint=out, model=MODEL,
+                      train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT, cfg=cfg, data=DATA, threads=1,
+                      init_checkpoint=init)
+    ref = torch.load(init, weights_only=True)["model"]
+    got = torch.load(out, weights_only=True)["model"]
+    for k, v in ref.items():
+        if v.is_floating_point() and "running" not in k:
+            assert torch.equal(got[k], v), k
+    with pytest.raises(InputError, match="warm-up checkpoint"):
+        self_training.run(source=tiny["source"], target=target, stm_maps=None, out_checkpoint=tiny["tmp"] / "y.pt",
+                          model=MODEL, train=train_cfg(1), augment=AUGMENT, cfg=cfg, data=DATA, threads=1)
+
+
+def test_distillation_init_teacher_copies_the_teacher(tiny) -> None:
+    from bismap.stages import distillation
+
+    teacher = constant_checkpoint(tiny["tmp"] / "teacher_init.pt", ROAD)
+    target = write_labels(tiny["tmp"] / "teacher_labels_init", tiny["target"],
+                          lambda it: np.full((H, W), ROAD, np.uint8))
+    out = tiny["tmp"] / "dill_init.pt"
+    distillation.run(source=tiny["source"], target=target, stm_maps=None, teacher_checkpoint=teacher,
+                     out_checkpoint=out, model=MODEL, train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT,
+                     cfg={**dill_cfg("kl", use_stm=False), "init": "teacher"}, data=DATA, threads=1)
+    ref = torch.load(teacher, weights_only=True)["model"]
+    got = torch.load(out, weights_only=True)["model"]
+    assert torch.equal(got["decoder.classifier.bias"], ref["decoder.classifier.bias"])
+    for k, v in ref.items():
+        if v.is_floating_point() and "running" not in k:
+            assert torch.equal(got[k], v), k
+
+
 def test_student_model_config() -> None:
     from bismap.stages.distillation import student_model_config
 

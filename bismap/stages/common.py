@@ -132,6 +132,23 @@ def build_seeded_model(model_cfg: dict, seed: int):
     return build_model(model_cfg)
 
 
+def init_from_checkpoint(net: torch.nn.Module, path: str | os.PathLike, *, stage: str) -> torch.nn.Module:
+    """Load the "model" weights of a bismap checkpoint into `net` (warm start: `self_training.init:
+    warmup`, `distillation.init: teacher`); the architectures must match."""
+    from bismap.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(str(path))
+    weights = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if weights is None:
+        raise InputError(f"{path}: checkpoint has no 'model' weights to initialise {stage} from")
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise InputError(f"{stage}: cannot initialise from {path}: the architectures differ "
+                         f"({str(e).splitlines()[0]})") from None
+    return net
+
+
 def setup(threads: int, data: dict) -> torch.device:
     """Thread count and device for a stage; device from `data.device` ("auto" = GPU when present)."""
     from bismap.engine import device as dev

@@ -1,9 +1,10 @@
 """Stage: self-distillation round (the original's Stage E, training half).
 
-A fresh student (backbone from `distillation.student_weights`, e.g. SimCLRv2 R101-1x-SK0, and a
-fresh head) learns from STM-weighted source CE, symmetric CE on the teacher's hard labels and a
+A student learns from STM-weighted source CE, symmetric CE on the teacher's hard labels and a
 distillation term against the frozen teacher's logits on the same weak target crop. No EMA and
-no consistency term, as in the original. `kd.variant: kl` is a true KL(teacher || student);
+no consistency term, as in the original. `init: fresh` builds the student fresh (backbone from
+`distillation.student_weights`, e.g. SimCLRv2 R101-1x-SK0, and a fresh head), as the original;
+`init: teacher` starts it as a copy of the teacher (the embedded from-scratch default). `kd.variant: kl` is a true KL(teacher || student);
 `original` reproduces the original's probabilities-as-log-probabilities term (see losses).
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_checkpoint: str | Path,
         out_checkpoint: str | Path, model: dict, train: dict, augment: dict, cfg: dict, data: dict,
         threads: int = 1) -> None:
-    """Distil the frozen teacher into a fresh student; writes the final-iteration checkpoint."""
+    """Distil the frozen teacher into a student (fresh, or a copy of the teacher); writes the final-iteration checkpoint."""
     from bismap.engine import checkpoint, trainer
 
     device = common.setup(threads, data)
@@ -83,8 +84,16 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_chec
         "source": common.build_stream(src_view, train, data, seed=common.derive_seed(seed, "source-stream")),
         "target": common.build_stream(tgt_view, train, data, seed=common.derive_seed(seed, "target-stream")),
     }
+    init = str(cfg.get("init", "fresh"))
+    if init not in ("fresh", "teacher"):
+        raise InputError(f"config: `{SECTION}.init` must be 'fresh' or 'teacher', got {init!r}")
+    if init == "teacher" and (cfg.get("student_weights") or cfg.get("student_backbone")):
+        raise InputError(f"config: `{SECTION}.init: teacher` copies the teacher, so `student_weights` and "
+                         "`student_backbone` must be null (use `init: fresh` for a SimCLR student)")
     student_cfg = student_model_config(model, cfg)
     net = common.build_seeded_model(student_cfg, seed)
+    if init == "teacher":
+        common.init_from_checkpoint(net, teacher_checkpoint, stage=SECTION)
     fp = common.fingerprint(stage="distillation", source=common.spec_signature(source),
                             target=common.spec_signature(target), stm=common.path_signature(stm),
                             teacher=common.path_signature(teacher_checkpoint), model=student_cfg,

@@ -3,7 +3,9 @@
 Per iteration: STM-weighted CE on the (stylised) source, symmetric CE on the fixed pseudo labels
 computed on the weak target view, and a mean-teacher masked consistency term (EMA teacher on the
 weak view, student on the strong cut-out view, KL on the kept pixels) ramped up with a sigmoid.
-The model is built fresh from the `model` slice, not from the warm-up, as in the original.
+`init: fresh` builds the model from the `model` slice (model.weights, e.g. ImageNet), as the
+original; `init: warmup` fine-tunes the source-only warm-up checkpoint instead (the embedded
+default: a from-scratch ResNet-18 cannot learn the task again in a short self-training schedule).
 
 The naive self-training baseline is this function with naive (confidence-threshold) labels,
 `use_stm: false` and `consistency.weight: 0`; weight 0 also drops the strong view and the EMA.
@@ -84,8 +86,10 @@ def make_loss_fn(cfg: dict):
 
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoint: str | Path, model: dict,
-        train: dict, augment: dict, cfg: dict, data: dict, threads: int = 1) -> None:
-    """Self-train a fresh `model` on source + target pseudo labels; writes the final checkpoint."""
+        train: dict, augment: dict, cfg: dict, data: dict, threads: int = 1,
+        init_checkpoint: str | Path | None = None) -> None:
+    """Self-train `model` (fresh, or the warm-up checkpoint when `init: warmup`) on source + target
+    pseudo labels; writes the final checkpoint."""
     from bismap.engine import trainer
 
     device = common.setup(threads, data)
@@ -105,8 +109,16 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoi
         "source": common.build_stream(src_view, train, data, seed=common.derive_seed(seed, "source-stream")),
         "target": common.build_stream(tgt_view, train, data, seed=common.derive_seed(seed, "target-stream")),
     }
+    init = str(cfg.get("init", "fresh"))
+    if init not in ("fresh", "warmup"):
+        raise InputError(f"config: `self_training.init` must be 'fresh' or 'warmup', got {init!r}")
+    if init == "warmup" and init_checkpoint is None:
+        raise InputError("self_training: `init` is 'warmup' but no warm-up checkpoint was given")
+    init_ckpt = init_checkpoint if init == "warmup" else None
     net = common.build_seeded_model(model, seed)
-    fp = common.fingerprint(stage="self_training", source=common.spec_signature(source),
+    if init_ckpt is not None:
+        common.init_from_checkpoint(net, init_ckpt, stage="self_training")
+    fp = common.fingerprint(stage="self_training", init=common.path_signature(init_ckpt), source=common.spec_signature(source),
                             target=common.spec_signature(target), stm=common.path_signature(stm), model=model,
                             train=common.train_for_fingerprint(train), augment=augment, cfg=cfg,
                             data=common.data_for_fingerprint(data))

@@ -1,0 +1,264 @@
+"""Benchmark over seeds and ablations (issue #7).
+
+A benchmark file (configs/benchmark.yaml) names seeds and ablations; every (ablation, seed) pair is
+one ordinary pipeline run, `snakemake --configfile <base_config> <overlay>`, where the overlay sets
+`experiment: <prefix>_<ablation>_s<seed>`, the seed keys and the ablation's overrides. Each run
+lives in its own results/<experiment>/ tree, so runs never clobber each other and a finished run
+is not redone (Snakemake sees its outputs). `aggregate` then reads every results/<experiment>/
+summary.json and writes the mean and (sample) standard deviation over seeds of target-val mIoU
+per method and per class: table.md, table.json and a Pillow bar plot with error bars.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from bismap.io import InputError, atomic_path, read_json, write_json
+
+# The methods of the table, in order (model names as summary.json writes them).
+METHOD_ORDER = ("source-only", "naive self-training", "BiSMAP self-training")
+
+
+def load_spec(path: str | os.PathLike) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: benchmark file not found")
+    spec = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise InputError(f"{p}: expected a mapping")
+    spec.setdefault("base_config", "config.yaml")
+    spec.setdefault("prefix", "bench")
+    spec.setdefault("out", "results/benchmark")
+    spec.setdefault("cores", 2)
+    spec.setdefault("seed_keys", ["train.seed"])
+    spec.setdefault("ablations", {"full": {}})
+    seeds = spec.get("seeds")
+    if not isinstance(seeds, list) or not seeds:
+        raise InputError(f"{p}: `seeds` must be a non-empty list")
+    if not isinstance(spec["ablations"], dict) or not spec["ablations"]:
+        raise InputError(f"{p}: `ablations` must be a non-empty mapping name -> overrides")
+    for name, overrides in spec["ablations"].items():
+        if overrides is not None and not isinstance(overrides, dict):
+            raise InputError(f"{p}: ablation {name!r}: overrides must be a mapping of dotted keys")
+    return spec
+
+
+def experiment_name(prefix: str, ablation: str, seed: Any) -> str:
+    return f"{prefix}_{ablation}_s{seed}"
+
+
+def set_dotted(cfg: dict, key: str, value: Any) -> None:
+    node = cfg
+    parts = str(key).split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise InputError(f"benchmark: cannot set {key!r}: {part!r} is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def overlay(spec: dict, ablation: str, seed: Any) -> dict:
+    """The config overlay of one run: experiment name, seed keys, the ablation's overrides."""
+    cfg: dict = {"experiment": experiment_name(spec["prefix"], ablation, seed)}
+    for key in spec["seed_keys"]:
+        set_dotted(cfg, key, seed)
+    for key, value in (spec["ablations"][ablation] or {}).items():
+        set_dotted(cfg, key, value)
+    return cfg
+
+
+def runs(spec: dict, ablations: Sequence[str] | None = None, seeds: Sequence[Any] | None = None) -> list[tuple[str, Any]]:
+    names = list(spec["ablations"]) if not ablations else list(ablations)
+    for name in names:
+        if name not in spec["ablations"]:
+            raise InputError(f"benchmark: unknown ablation {name!r} (have {', '.join(spec['ablations'])})")
+    chosen = list(spec["seeds"]) if seeds is None else list(seeds)
+    # seed-major: all ablations of the first seed come before the second seed
+    return [(a, s) for s in chosen for a in names]
+
+
+def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequence[Any] | None = None,
+            snakemake: str | None = None, extra_args: Sequence[str] = (), dry_run: bool = False,
+            keep_going: bool = False) -> list[str]:
+    """Run the pipeline once per (ablation, seed); returns the experiment names run."""
+    import yaml
+
+    out = Path(spec["out"])
+    snakemake = snakemake or str(Path(sys.executable).with_name("snakemake"))
+    done = []
+    for ablation, seed in runs(spec, ablations, seeds):
+        cfg = overlay(spec, ablation, seed)
+        path = out / "configs" / f"{cfg['experiment']}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cmd = [snakemake, "--cores", str(spec["cores"]), "--configfile", str(spec["base_config"]), str(path),
+               *extra_args]
+        print("benchmark:", " ".join(cmd), flush=True)
+        if dry_run:
+            done.append(cfg["experiment"])
+            continue
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            msg = f"benchmark: run {cfg['experiment']} failed (snakemake exit {rc})"
+            if not keep_going:
+                raise InputError(msg)
+            print(msg, file=sys.stderr, flush=True)
+            continue
+        done.append(cfg["experiment"])
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n-1; 0.0 for a single value; None for none)."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _method_order(names: Sequence[str]) -> list[str]:
+    def key(n: str) -> tuple:
+        if n in METHOD_ORDER:
+            return (METHOD_ORDER.index(n), n)
+        if n.startswith("distillation"):
+            return (len(METHOD_ORDER), n)
+        if n == "oracle":
+            return (len(METHOD_ORDER) + 2, n)
+        return (len(METHOD_ORDER) + 1, n)
+    return sorted(set(names), key=key)
+
+
+def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
+    """Read results/<experiment>/summary.json of every (ablation, seed) and reduce over seeds."""
+    root = Path(results_root)
+    table: dict = {"seeds": list(spec["seeds"]), "ablations": {}, "missing": []}
+    for ablation in spec["ablations"]:
+        per_model: dict[str, dict] = {}
+        seeds_found = []
+        for seed in spec["seeds"]:
+            exp = experiment_name(spec["prefix"], ablation, seed)
+            path = root / exp / "summary.json"
+            if not path.is_file():
+                table["missing"].append(exp)
+                continue
+            summary = read_json(path)
+            seeds_found.append(seed)
+            for row in summary.get("models", []):
+                entry = per_model.setdefault(row["model"], {"headline": row.get("headline", "miou"),
+                                                            "values": [], "classes": {}})
+                entry["values"].append(row.get("miou_headline"))
+                for cls, iou in (row.get("iou_per_class") or {}).items():
+                    entry["classes"].setdefault(cls, []).append(iou)
+        if not seeds_found:
+            continue
+        models = {}
+        for name in _method_order(per_model):
+            entry = per_model[name]
+            m, s = mean_std(entry["values"])
+            models[name] = {"headline": entry["headline"], "mean": m, "std": s, "n": len(entry["values"]),
+                            "values": entry["values"],
+                            "classes": {c: dict(zip(("mean", "std"), mean_std(v))) for c, v in entry["classes"].items()}}
+        table["ablations"][ablation] = {"seeds": seeds_found, "models": models}
+    return table
+
+
+def _fmt(m: float | None, s: float | None) -> str:
+    if m is None:
+        return "-"
+    return f"{100 * m:.1f} ± {100 * (s or 0.0):.1f}"
+
+
+def table_markdown(table: dict) -> str:
+    lines = ["# bismap benchmark", "",
+             "Target-val mIoU in %, mean ± sample std over seeds (n = seeds found). "
+             "Each ablation is one config switch away from `full`.", ""]
+    abls = list(table["ablations"])
+    methods = _method_order([m for a in abls for m in table["ablations"][a]["models"]])
+    if abls:
+        lines += ["| ablation | n | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        for a in abls:
+            models = table["ablations"][a]["models"]
+            cells = [_fmt(models[m]["mean"], models[m]["std"]) if m in models else "-" for m in methods]
+            lines.append(f"| {a} | {len(table['ablations'][a]['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for a in abls:
+        models = table["ablations"][a]["models"]
+        classes: list[str] = []
+        for m in models.values():
+            classes += [c for c in m["classes"] if c not in classes]
+        lines += [f"## Per-class IoU: {a}", "", "| class | " + " | ".join(models) + " |",
+                  "|---|" + "---|" * len(models)]
+        for c in classes:
+            cells = [_fmt(models[m]["classes"].get(c, {}).get("mean"), models[m]["classes"].get(c, {}).get("std"))
+                     for m in models]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if table["missing"]:
+        lines += ["Runs not found (not run or failed): " + ", ".join(table["missing"]), ""]
+    return "\n".join(lines)
+
+
+def plot(table: dict, out_png: str | os.PathLike, *, width: int = 760, bar_height: int = 20) -> None:
+    """Horizontal bars (mean) with std whiskers: one group per ablation, one bar per method."""
+    from PIL import Image, ImageDraw
+
+    rows: list[tuple[str, str, float | None, float | None]] = []
+    for a, entry in table["ablations"].items():
+        for m, v in entry["models"].items():
+            rows.append((a, m, v["mean"], v["std"]))
+    margin_left, margin_right, top = 300, 80, 36
+    height = top + bar_height * max(len(rows), 1) + 24
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 10), "target-val mIoU (%), mean ± std over seeds", fill="black")
+    vmax = max([(m or 0) + (s or 0) for _, _, m, s in rows] + [0.05])
+    span = width - margin_left - margin_right
+    colours = {"source-only": (150, 150, 150), "naive self-training": (190, 150, 110), "oracle": (90, 170, 90)}
+    prev = None
+    for i, (a, m, mean, std) in enumerate(rows):
+        y = top + i * bar_height
+        if a != prev and i:
+            draw.line([10, y, width - 10, y], fill=(200, 200, 200))
+        prev = a
+        draw.text((10, y + bar_height // 2 - 6), f"{a}: {m}", fill="black")
+        if mean is None:
+            continue
+        w = int(round(span * mean / vmax))
+        draw.rectangle([margin_left, y + 3, margin_left + max(w, 1), y + bar_height - 3],
+                       fill=colours.get(m, (70, 120, 200)))
+        if std:
+            lo = margin_left + int(round(span * max(mean - std, 0) / vmax))
+            hi = margin_left + int(round(span * (mean + std) / vmax))
+            yc = y + bar_height // 2
+            draw.line([lo, yc, hi, yc], fill="black")
+            draw.line([lo, yc - 4, lo, yc + 4], fill="black")
+            draw.line([hi, yc - 4, hi, yc + 4], fill="black")
+        draw.text((margin_left + w + 8 + (int(round(span * (std or 0) / vmax))), y + bar_height // 2 - 6),
+                  f"{100 * mean:.1f}", fill="black")
+    draw.line([margin_left, top - 2, margin_left, height - 16], fill="black")
+    with atomic_path(out_png) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def write_outputs(table: dict, out: str | os.PathLike) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "table.json", table)
+    with atomic_path(out / "table.md") as tmp:
+        Path(tmp).write_text(table_markdown(table))
+    plot(table, out / "plot.png")
+    return [out / "table.md", out / "table.json", out / "plot.png"]

@@ -1,0 +1,48 @@
+"""`bismap benchmark`: run the pipeline per (seed, ablation) and tabulate mean ± std mIoU (issue #7)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "benchmark", help="run seeds x ablations and write the mean/std mIoU table",
+        description="Runs `snakemake --configfile BASE OVERLAY` once per (ablation, seed) of the benchmark file "
+                    "(each under results/<prefix>_<ablation>_s<seed>/), then writes OUT/table.md, table.json "
+                    "and plot.png from their summary.json files.")
+    p.add_argument("--spec", default="configs/benchmark.yaml", help="benchmark file (default: %(default)s)")
+    p.add_argument("--ablation", action="append", default=[], metavar="NAME",
+                   help="run only this ablation (repeatable; default: all)")
+    p.add_argument("--seed", action="append", default=[], metavar="SEED",
+                   help="run only this seed value (repeatable; default: all in the file)")
+    p.add_argument("--cores", type=int, default=None, help="snakemake --cores (default: the file's `cores`)")
+    p.add_argument("--aggregate-only", action="store_true", help="do not run; only tabulate the finished runs")
+    p.add_argument("--dry-run", action="store_true", help="print the snakemake commands and write the overlays only")
+    p.add_argument("--keep-going", action="store_true", help="continue with the next run when one fails")
+    p.add_argument("--results", default="results", help="results root holding results/<experiment>/ (default: %(default)s)")
+    p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments (after --), e.g. -- --profile profiles/slurm")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    import yaml
+
+    from bismap import benchmark
+
+    spec = benchmark.load_spec(args.spec)
+    if args.cores is not None:
+        spec["cores"] = args.cores
+    seeds = None
+    if args.seed:
+        seeds = [yaml.safe_load(s) for s in args.seed]
+    if not args.aggregate_only:
+        benchmark.run_all(spec, ablations=args.ablation or None, seeds=seeds, extra_args=args.snakemake_args,
+                          dry_run=args.dry_run, keep_going=args.keep_going)
+    if args.dry_run:
+        return 0
+    table = benchmark.aggregate(spec, args.results)
+    paths = benchmark.write_outputs(table, spec["out"])
+    print(benchmark.table_markdown(table).split("\n## ")[0], flush=True)
+    print("benchmark: wrote " + ", ".join(str(p) for p in paths), flush=True)
+    return 0
