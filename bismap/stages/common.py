@@ -149,6 +149,32 @@ def init_from_checkpoint(net: torch.nn.Module, path: str | os.PathLike, *, stage
     return net
 
 
+def source_and_target_losses(cfg: dict, section: str):
+    """The two supervised terms self-training and distillation share: STM-weighted source CE and
+    symmetric CE on the target labels. Returns `step(ctx) -> (losses, target_logits)` so the
+    stage can add its own term on the same target forward pass."""
+    from bismap.losses import symmetric_cross_entropy, weighted_cross_entropy
+
+    use_stm = bool(require(cfg, "use_stm", section))
+    sce = require(cfg, "sce", section)
+    alpha = float(require(sce, "alpha", f"{section}.sce"))
+    beta = float(require(sce, "beta", f"{section}.sce"))
+
+    def step(ctx):
+        src, tgt = ctx.batches["source"], ctx.batches["target"]
+        with ctx.autocast():
+            _, src_logits = ctx.model(src["image"])
+            _, tgt_logits = ctx.model(tgt["image"])
+        losses = {
+            "source_ce": weighted_cross_entropy(src_logits.float(), src["label"],
+                                                weight=src["weight"] if use_stm else None),
+            "target_sce": symmetric_cross_entropy(tgt_logits.float(), tgt["label"], alpha=alpha, beta=beta),
+        }
+        return losses, tgt_logits
+
+    return step
+
+
 def setup(threads: int, data: dict) -> torch.device:
     """Thread count and device for a stage; device from `data.device` ("auto" = GPU when present)."""
     from bismap.engine import device as dev

@@ -28,12 +28,9 @@ def student_model_config(model: dict, cfg: dict) -> dict:
 
 def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
     """Per-iteration loss for trainer.fit: source CE (+STM) + target SCE + kd.weight * KD."""
-    from bismap.losses import distillation_loss, symmetric_cross_entropy, weighted_cross_entropy
+    from bismap.losses import distillation_loss
 
-    use_stm = bool(common.require(cfg, "use_stm", SECTION))
-    sce = common.require(cfg, "sce", SECTION)
-    alpha = float(common.require(sce, "alpha", f"{SECTION}.sce"))
-    beta = float(common.require(sce, "beta", f"{SECTION}.sce"))
+    supervised = common.source_and_target_losses(cfg, SECTION)
     kd = common.require(cfg, "kd", SECTION)
     kd_weight = float(common.require(kd, "weight", f"{SECTION}.kd"))
     variant = str(common.require(kd, "variant", f"{SECTION}.kd"))
@@ -41,18 +38,10 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
         raise InputError(f"config: `{SECTION}.kd.variant` must be 'kl' or 'original', got {variant!r}")
 
     def loss_fn(ctx):
-        src, tgt = ctx.batches["source"], ctx.batches["target"]
-        with ctx.autocast():
-            _, src_logits = ctx.model(src["image"])
-            _, tgt_logits = ctx.model(tgt["image"])
-        losses = {
-            "source_ce": weighted_cross_entropy(src_logits.float(), src["label"],
-                                                weight=src["weight"] if use_stm else None),
-            "target_sce": symmetric_cross_entropy(tgt_logits.float(), tgt["label"], alpha=alpha, beta=beta),
-        }
+        losses, tgt_logits = supervised(ctx)
         if kd_weight != 0.0:
             with torch.no_grad(), ctx.autocast():
-                _, teacher_logits = teacher(tgt["image"])
+                _, teacher_logits = teacher(ctx.batches["target"]["image"])
             losses["kd"] = kd_weight * distillation_loss(tgt_logits.float(), teacher_logits.float(), variant=variant)
         return losses
 

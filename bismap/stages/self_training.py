@@ -55,25 +55,15 @@ def consistency_enabled(cfg: dict) -> bool:
 
 def make_loss_fn(cfg: dict):
     """The per-iteration loss (a closure over the `self_training` slice) for trainer.fit."""
-    from bismap.losses import consistency_kl, symmetric_cross_entropy, weighted_cross_entropy
+    from bismap.losses import consistency_kl
 
-    use_stm = bool(common.require(cfg, "use_stm", "self_training"))
-    sce = common.require(cfg, "sce", "self_training")
-    alpha = float(common.require(sce, "alpha", "self_training.sce"))
-    beta = float(common.require(sce, "beta", "self_training.sce"))
+    supervised = common.source_and_target_losses(cfg, "self_training")
     use_consistency = consistency_enabled(cfg)
 
     def loss_fn(ctx):
-        src, tgt = ctx.batches["source"], ctx.batches["target"]
-        with ctx.autocast():
-            _, src_logits = ctx.model(src["image"])
-            _, tgt_logits = ctx.model(tgt["image"])
-        losses = {
-            "source_ce": weighted_cross_entropy(src_logits.float(), src["label"],
-                                                weight=src["weight"] if use_stm else None),
-            "target_sce": symmetric_cross_entropy(tgt_logits.float(), tgt["label"], alpha=alpha, beta=beta),
-        }
+        losses, _ = supervised(ctx)
         if use_consistency:
+            tgt = ctx.batches["target"]
             with torch.no_grad(), teacher_mode(ctx.ema), ctx.autocast():
                 _, teacher_logits = ctx.ema(tgt["image"])
             with ctx.autocast():
