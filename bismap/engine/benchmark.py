@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Training throughput and peak memory of the self-training step, for the README.
 
 Not a test. Runs bismap.engine.trainer.fit (optimizer, schedule, EMA, AMP exactly as the stages
@@ -7,9 +6,9 @@ backward on the source batch and on the weak target batch, an EMA teacher forwar
 view, a student forward on the strong view, CE + CE + KL. Prints iterations/s measured over
 `--iters` iterations after `--warmup` iterations, and the peak memory.
 
-  python scripts/benchmark_training.py --setting embedded --device cpu --iters 5
-  python scripts/benchmark_training.py --setting paper --device cpu --iters 2 --warmup 1
-  python scripts/benchmark_training.py --setting paper --device cuda --iters 30
+  python -m bismap.engine.benchmark --setting embedded --device cpu --iters 5
+  python -m bismap.engine.benchmark --setting paper --device cpu --iters 2 --warmup 1
+  python -m bismap.engine.benchmark --setting paper --device cuda --iters 30
 """
 from __future__ import annotations
 
@@ -21,13 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from bismap.engine import device as dev  # noqa: E402
-from bismap.engine import stream, trainer  # noqa: E402
+from bismap.engine import device as dev
+from bismap.engine import stream, trainer
 
 SETTINGS = {
     # DeepLabV3+ R101 OS16, 4 source + 4 target crops of 512x896 (the original's gta5_st.yml)
