@@ -54,7 +54,7 @@ def symmetric_cross_entropy(logits: torch.Tensor, target: torch.Tensor, alpha: f
     if n == 0:
         return _zero(logits)
     num_classes = logits.shape[1]
-    ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")[valid].sum() / n
+    ce = weighted_cross_entropy(logits, target, ignore_index=ignore_index)
     p = F.softmax(logits, dim=1).clamp(min=1e-7, max=1.0)
     onehot = F.one_hot(torch.where(valid, target, 0), num_classes).permute(0, 3, 1, 2).to(p.dtype)
     rce_map = -(p * torch.log(onehot.clamp(min=1e-4, max=1.0))).sum(dim=1)
