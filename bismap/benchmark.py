@@ -21,6 +21,7 @@ from bismap.io import InputError, atomic_path, read_json, write_json
 
 # The methods of the table, in order (model names as summary.json writes them).
 METHOD_ORDER = ("source-only", "naive self-training", "BiSMAP self-training")
+FORCE_MARKER = ".benchmark_forcerun"  # rules still to force in a run copied from its reference run
 
 
 def load_spec(path: str | os.PathLike) -> dict:
@@ -38,6 +39,8 @@ def load_spec(path: str | os.PathLike) -> dict:
     spec.setdefault("cores", 2)
     spec.setdefault("seed_keys", ["train.seed"])
     spec.setdefault("ablations", {"full": {}})
+    spec.setdefault("reference", "full")
+    spec.setdefault("reuse", True)
     seeds = spec.get("seeds")
     if not isinstance(seeds, list) or not seeds:
         raise InputError(f"{p}: `seeds` must be a non-empty list")
@@ -84,34 +87,132 @@ def runs(spec: dict, ablations: Sequence[str] | None = None, seeds: Sequence[Any
     return [(a, s) for s in chosen for a in names]
 
 
-def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequence[Any] | None = None,
-            snakemake: str | None = None, extra_args: Sequence[str] = (), dry_run: bool = False,
-            keep_going: bool = False) -> list[str]:
-    """Run the pipeline once per (ablation, seed); returns the experiment names run."""
+def rerun_roots(dry_run_output: str) -> tuple[list[str], bool]:
+    """Rules a dry run would rerun for their own sake, and whether any output is missing.
+
+    Reads the "Reasons:" block Snakemake prints: every rule listed under a reason other than
+    "input files updated by another job" (params or code changed, forced, missing output) is a root;
+    Snakemake's own provenance records decide, so a switch reruns exactly what it affects.
+    """
+    roots: set[str] = set()
+    missing = False
+    if "Reasons:" not in dry_run_output:
+        return [], False
+    header = None
+    for line in dry_run_output.split("Reasons:", 1)[1].splitlines()[1:]:
+        if not line.strip():
+            break
+        if line.startswith("        ") and header is not None:
+            names = [n.strip() for n in line.split(",") if n.strip()]
+            if "updated by another job" not in header:
+                roots.update(names)
+            if "have to be generated" in header or "missing" in header:
+                missing = True
+        elif line.startswith("    ") and line.rstrip().endswith(":"):
+            header = line.strip()
+        elif line.strip().startswith("("):
+            continue
+        else:
+            break
+    return sorted(roots), missing
+
+
+def _snakemake_cmd(snakemake: str, spec: dict, overlay_path: Path, extra_args: Sequence[str]) -> list[str]:
+    return [snakemake, "--cores", str(spec["cores"]), "--configfile", str(spec["base_config"]), str(overlay_path),
+            *extra_args]
+
+
+def _write_overlay(cfg: dict, path: Path) -> Path:
     import yaml
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def reuse_plan(spec: dict, ablation: str, seed: Any, snakemake: str, results_root: Path) -> list[str] | None:
+    """Rules to force in a copy of the reference run of this seed, or None to run from scratch.
+
+    The ablation's config is dry-run against the finished reference run (`full`, same seed): what
+    Snakemake would redo there is what differs. None when there is no finished reference run.
+    """
+    ref = spec.get("reference", "full")
+    if ablation == ref or not spec.get("reuse", True) or ref not in spec["ablations"]:
+        return None
+    ref_exp = experiment_name(spec["prefix"], ref, seed)
+    if not (results_root / ref_exp / "summary.json").is_file():
+        return None
+    cfg = overlay(spec, ablation, seed)
+    cfg["experiment"] = ref_exp
+    probe = _write_overlay(cfg, Path(spec["out"]) / "configs" / f"probe_{experiment_name(spec['prefix'], ablation, seed)}.yaml")
+    cmd = _snakemake_cmd(snakemake, spec, probe, ["--dry-run", "--nolock"])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InputError(f"benchmark: dry run of {ablation} against {ref_exp} failed:\n{proc.stderr[-2000:]}")
+    text = proc.stdout + proc.stderr
+    roots, missing = rerun_roots(text)
+    if missing:
+        print(f"benchmark: {ref_exp} is incomplete; {ablation} runs from scratch", flush=True)
+        return None
+    if "missing provenance" in text or (spec["ablations"][ablation] and not roots):
+        # without provenance records Snakemake cannot see a params change: copying would be unsafe
+        print(f"benchmark: {ref_exp} lacks Snakemake provenance records; {ablation} runs from scratch", flush=True)
+        return None
+    return roots
+
+
+def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequence[Any] | None = None,
+            snakemake: str | None = None, extra_args: Sequence[str] = (), dry_run: bool = False,
+            keep_going: bool = False, results_root: str | os.PathLike = "results") -> list[str]:
+    """Run the pipeline once per (ablation, seed); returns the experiment names run.
+
+    An ablation whose seed already has a finished reference run starts from a copy of it (file
+    times kept) and reruns only the stages its switch affects (`reuse: false` turns this off).
+    """
+    import shutil
+
     out = Path(spec["out"])
+    root = Path(results_root)
     snakemake = snakemake or str(Path(sys.executable).with_name("snakemake"))
     done = []
     for ablation, seed in runs(spec, ablations, seeds):
         cfg = overlay(spec, ablation, seed)
-        path = out / "configs" / f"{cfg['experiment']}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        cmd = [snakemake, "--cores", str(spec["cores"]), "--configfile", str(spec["base_config"]), str(path),
-               *extra_args]
+        exp = cfg["experiment"]
+        path = _write_overlay(cfg, out / "configs" / f"{exp}.yaml")
+        extra = list(extra_args)
+        # The copy's outputs carry no Snakemake provenance, so the rules to force are kept in a
+        # marker until the run succeeds: a run killed after the copy still reruns them next time.
+        marker = root / exp / FORCE_MARKER
+        if not dry_run and not (root / exp).exists():
+            roots = reuse_plan(spec, ablation, seed, snakemake, root)
+            if roots is not None:
+                ref_exp = experiment_name(spec["prefix"], spec.get("reference", "full"), seed)
+                print(f"benchmark: {exp} starts from a copy of {ref_exp}; rerunning "
+                      f"{', '.join(roots) or 'nothing'} and what depends on it", flush=True)
+                tmp = root / f".{exp}.copying"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(root / ref_exp, tmp, copy_function=shutil.copy2)
+                (tmp / FORCE_MARKER).write_text("\n".join(roots) + "\n")
+                tmp.rename(root / exp)
+        if not dry_run and marker.is_file():
+            roots = marker.read_text().split()
+            if roots:
+                extra += ["--forcerun", *roots]
+        cmd = _snakemake_cmd(snakemake, spec, path, extra)
         print("benchmark:", " ".join(cmd), flush=True)
         if dry_run:
-            done.append(cfg["experiment"])
+            done.append(exp)
             continue
         rc = subprocess.call(cmd)
         if rc != 0:
-            msg = f"benchmark: run {cfg['experiment']} failed (snakemake exit {rc})"
+            msg = f"benchmark: run {exp} failed (snakemake exit {rc})"
             if not keep_going:
                 raise InputError(msg)
             print(msg, file=sys.stderr, flush=True)
             continue
-        done.append(cfg["experiment"])
+        marker.unlink(missing_ok=True)
+        done.append(exp)
     return done
 
 
@@ -148,6 +249,7 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
     table: dict = {"seeds": list(spec["seeds"]), "ablations": {}, "missing": []}
     for ablation in spec["ablations"]:
         per_model: dict[str, dict] = {}
+        per_labels: dict[str, dict[str, list]] = {}
         seeds_found = []
         for seed in spec["seeds"]:
             exp = experiment_name(spec["prefix"], ablation, seed)
@@ -163,6 +265,10 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
                 entry["values"].append(row.get("miou_headline"))
                 for cls, iou in (row.get("iou_per_class") or {}).items():
                     entry["classes"].setdefault(cls, []).append(iou)
+            for row in summary.get("label_sets", []):
+                entry = per_labels.setdefault(row["labels"], {"coverage": [], "accuracy": [], "miou": []})
+                for key in entry:
+                    entry[key].append(row.get(key))
         if not seeds_found:
             continue
         models = {}
@@ -172,8 +278,22 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
             models[name] = {"headline": entry["headline"], "mean": m, "std": s, "n": len(entry["values"]),
                             "values": entry["values"],
                             "classes": {c: dict(zip(("mean", "std"), mean_std(v))) for c, v in entry["classes"].items()}}
-        table["ablations"][ablation] = {"seeds": seeds_found, "models": models}
+        labels = {name: {key: dict(zip(("mean", "std"), mean_std(v))) for key, v in entry.items()}
+                  for name, entry in per_labels.items()}
+        table["ablations"][ablation] = {"seeds": seeds_found, "models": models, "label_sets": labels,
+                                        "gap_recovered": gap_recovered(models)}
     return table
+
+
+def gap_recovered(models: dict) -> dict | None:
+    """Share of the source-only -> oracle gap each adapted model closes (from the seed means)."""
+    if "source-only" not in models or "oracle" not in models:
+        return None
+    lo, hi = models["source-only"]["mean"], models["oracle"]["mean"]
+    if lo is None or hi is None or hi <= lo:
+        return None
+    return {name: (m["mean"] - lo) / (hi - lo) for name, m in models.items()
+            if name not in ("source-only", "oracle") and m["mean"] is not None}
 
 
 def _fmt(m: float | None, s: float | None) -> str:
@@ -195,6 +315,27 @@ def table_markdown(table: dict) -> str:
             cells = [_fmt(models[m]["mean"], models[m]["std"]) if m in models else "-" for m in methods]
             lines.append(f"| {a} | {len(table['ablations'][a]['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += ["Share of the source-only to oracle gap closed (from the means), in %:", "",
+                  "| ablation | " + " | ".join(m for m in methods if m not in ("source-only", "oracle")) + " |",
+                  "|---|" + "---|" * len([m for m in methods if m not in ("source-only", "oracle")])]
+        for a in abls:
+            rec = table["ablations"][a].get("gap_recovered") or {}
+            cells = [f"{100 * rec[m]:.0f}" if m in rec else "-" for m in methods if m not in ("source-only", "oracle")]
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append("")
+        sets = [s for a in abls for s in table["ablations"][a].get("label_sets", {})]
+        sets = list(dict.fromkeys(sets))
+        if sets:
+            lines += ["## Pseudo-label quality per stage", "",
+                      "Against the target-train ground truth (never used for training): coverage = share of "
+                      "pixels labelled, accuracy = share of labelled pixels right, mIoU over labelled pixels; "
+                      "mean ± std over seeds, in %.", "",
+                      "| ablation | label set | coverage | accuracy | mIoU |", "|---|---|---|---|---|"]
+            for a in abls:
+                for name, q in table["ablations"][a].get("label_sets", {}).items():
+                    cells = [_fmt(q[k]["mean"], q[k]["std"]) for k in ("coverage", "accuracy", "miou")]
+                    lines.append(f"| {a} | {name} | " + " | ".join(cells) + " |")
+            lines.append("")
     for a in abls:
         models = table["ablations"][a]["models"]
         classes: list[str] = []

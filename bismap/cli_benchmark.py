@@ -38,7 +38,7 @@ def run_cli(args: argparse.Namespace) -> int:
         seeds = [yaml.safe_load(s) for s in args.seed]
     if not args.aggregate_only:
         benchmark.run_all(spec, ablations=args.ablation or None, seeds=seeds, extra_args=args.snakemake_args,
-                          dry_run=args.dry_run, keep_going=args.keep_going)
+                          dry_run=args.dry_run, keep_going=args.keep_going, results_root=args.results)
     if args.dry_run:
         return 0
     table = benchmark.aggregate(spec, args.results)

@@ -76,3 +76,107 @@ def test_mean_std_edge_cases():
     assert benchmark.mean_std([None, 0.5]) == (0.5, 0.0)
     m, s = benchmark.mean_std([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and s == pytest.approx(math.sqrt(5 / 3))
+
+
+# What Snakemake 9 prints for a dry run of `prototypes.components: 1` against a finished run.
+DRY_RUN_K1 = """Job stats:
+job               count
+--------------  -------
+fit_prototypes        1
+pseudo_labels         1
+total                 2
+
+Reasons:
+    (check individual jobs above for details)
+    input files updated by another job:
+        all, distillation, evaluate, pseudo_labels, report, self_training, teacher_labels
+    params have changed since last execution:
+        fit_prototypes
+Some jobs were triggered by provenance information, see 'reason' section in the rule displays above.
+"""
+
+DRY_RUN_MISSING = """Reasons:
+    (check individual jobs above for details)
+    input files updated by another job:
+        all, warmup
+    output files have to be generated:
+        synthetic_data, warmup
+This was a dry-run (flag -n).
+"""
+
+
+def test_rerun_roots_reads_snakemake_reasons():
+    assert benchmark.rerun_roots(DRY_RUN_K1) == (["fit_prototypes"], False)
+    assert benchmark.rerun_roots(DRY_RUN_MISSING) == (["synthetic_data", "warmup"], True)
+    assert benchmark.rerun_roots("Nothing to be done (all requested files are present and up to date).") == ([], False)
+
+
+FAKE_SNAKEMAKE = """#!/usr/bin/env python3
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps(args) + "\\n")
+if "--dry-run" in args:
+    print(os.environ["FAKE_DRY_RUN"])
+    sys.exit(0)
+sys.exit(int(os.environ.get("FAKE_RC", "0")))
+"""
+
+
+def _fake_snakemake(tmp_path, monkeypatch, dry_run_text):
+    """A `snakemake` that logs its arguments and answers dry runs with dry_run_text."""
+    exe = tmp_path / "snakemake"
+    exe.write_text(FAKE_SNAKEMAKE)
+    exe.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_DRY_RUN", dry_run_text)
+    return _spec(tmp_path), exe, log
+
+
+def test_ablation_reuses_reference_run(tmp_path, monkeypatch):
+    """An ablation starts from a copy of the finished `full` run and forces what the dry run names."""
+    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, DRY_RUN_K1)
+    root = tmp_path / "results"
+    _summary(root, "b_full_s1", {"source-only": 0.2}, [0.1])
+    (root / "b_full_s1" / "models").mkdir()
+    (root / "b_full_s1" / "models" / "warmup.pt").write_bytes(b"w")
+    before = (root / "b_full_s1" / "models" / "warmup.pt").stat().st_mtime_ns
+
+    # a failed run keeps the copy and the marker: the next attempt still forces fit_prototypes
+    monkeypatch.setenv("FAKE_RC", "1")
+    with pytest.raises(InputError, match="b_k1_s1 failed"):
+        benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)
+    assert (root / "b_k1_s1" / benchmark.FORCE_MARKER).read_text().split() == ["fit_prototypes"]
+    monkeypatch.setenv("FAKE_RC", "0")
+    assert benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root) == ["b_k1_s1"]
+
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    probe, first, second = calls
+    assert "--dry-run" in probe and probe[probe.index("--configfile") + 2].endswith("probe_b_k1_s1.yaml")
+    probe_cfg = yaml.safe_load(open(probe[probe.index("--configfile") + 2]))
+    assert probe_cfg["experiment"] == "b_full_s1" and probe_cfg["prototypes"] == {"components": 1}
+    for call in (first, second):
+        assert call[call.index("--forcerun") + 1:] == ["fit_prototypes"]
+    copied = root / "b_k1_s1" / "models" / "warmup.pt"
+    assert copied.read_bytes() == b"w" and copied.stat().st_mtime_ns == before  # times kept: no mtime reruns
+    assert not (root / "b_k1_s1" / benchmark.FORCE_MARKER).exists()
+
+
+def test_ablation_without_reference_runs_from_scratch(tmp_path, monkeypatch):
+    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, DRY_RUN_MISSING)
+    root = tmp_path / "results"
+    benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 1 and "--forcerun" not in calls[0] and not (root / "b_k1_s1").exists()
+
+
+def test_reference_without_provenance_is_not_reused(tmp_path, monkeypatch):
+    """A reference run Snakemake has no records for cannot show a params change: run from scratch."""
+    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, "Nothing to be done.\n"
+                                     "16 jobs have missing provenance/metadata so that it in part cannot be used")
+    root = tmp_path / "results"
+    _summary(root, "b_full_s1", {"source-only": 0.2}, [0.1])
+    benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 2 and "--forcerun" not in calls[1] and not (root / "b_k1_s1").exists()
