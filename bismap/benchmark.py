@@ -246,7 +246,8 @@ def _method_order(names: Sequence[str]) -> list[str]:
 def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
     """Read results/<experiment>/summary.json of every (ablation, seed) and reduce over seeds."""
     root = Path(results_root)
-    table: dict = {"seeds": list(spec["seeds"]), "ablations": {}, "missing": []}
+    table: dict = {"seeds": list(spec["seeds"]), "reference": spec.get("reference", "full"), "ablations": {},
+                   "missing": []}
     for ablation in spec["ablations"]:
         per_model: dict[str, dict] = {}
         per_labels: dict[str, dict[str, list]] = {}
@@ -357,10 +358,14 @@ def plot(table: dict, out_png: str | os.PathLike, *, width: int = 760, bar_heigh
     """Horizontal bars (mean) with std whiskers: one group per ablation, one bar per method."""
     from PIL import Image, ImageDraw
 
+    # Baselines are shared by every ablation (copied or re-run, the same numbers): drawn once.
+    baselines = ("source-only", "naive self-training", "oracle")
+    reference = table.get("reference", "full")
     rows: list[tuple[str, str, float | None, float | None]] = []
     for a, entry in table["ablations"].items():
         for m, v in entry["models"].items():
-            rows.append((a, m, v["mean"], v["std"]))
+            if a == reference or m not in baselines or len(table["ablations"]) == 1:
+                rows.append((a, m, v["mean"], v["std"]))
     margin_left, margin_right, top = 300, 80, 36
     height = top + bar_height * max(len(rows), 1) + 24
     img = Image.new("RGB", (width, height), "white")

@@ -8,6 +8,7 @@ test uses a real (untrained) DeepLabV3+ checkpoint through the engine's load_mod
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -296,3 +297,35 @@ def test_missing_inputs_name_the_file(tmp_path) -> None:
     with pytest.raises(InputError, match="nope.pt"):
         pseudo_labels.run(checkpoint=tmp_path / "c.pt", prototypes=tmp_path / "nope.pt", target={}, target_gt=None,
                           out_dir=tmp_path / "o", out_quality=tmp_path / "q.json", cfg={}, data=DATA)
+
+
+def test_agree_rule_vetoes_pixels_where_network_and_gmms_differ() -> None:
+    """rule agree: the GMMs' class survives only where the network's argmax is the same class."""
+    from bismap.prototypes import DiagonalGMM
+    from bismap.stages.pseudo_labels import gmm_predictor
+
+    gen = torch.Generator().manual_seed(0)
+    gmms = {c: DiagonalGMM(n_components=1, seed=0).fit(torch.randn(200, 2, generator=gen) * 0.3 + 5.0 * c)
+            for c in (0, 1)}
+    feat = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [5.0, 5.0]]).T.reshape(1, 2, 2, 2)
+    logits = torch.full((1, 19, 2, 2), -5.0)
+    net = [0, 1, 1, 0]  # the network agrees with the GMMs (0, 0, 1, 1) on pixels 0 and 2 only
+    for i, c in enumerate(net):
+        logits[0, c, i // 2, i % 2] = 5.0 if i < 2 else 1.0
+
+    class Stub(nn.Module):
+        def forward(self, x):
+            return feat, logits
+
+    item = {"image": np.zeros((2, 2, 3), np.uint8)}
+    common = dict(mean=[0, 0, 0], std=[1, 1, 1], device=torch.device("cpu"), flip=False, chunk_pixels=100,
+                  classes=None)
+    label, score = gmm_predictor(Stub(), gmms, **common)(item)
+    assert label.tolist() == [[0, 0], [1, 1]] and np.all(score > -10)  # log-likelihoods near the means
+    label, score = gmm_predictor(Stub(), gmms, rule="agree", score="confidence", **common)(item)
+    assert label.tolist() == [[0, 255], [1, 255]]
+    label, _ = gmm_predictor(Stub(), gmms, rule="network", **common)(item)
+    assert label.tolist() == [[0, 1], [1, 0]]
+    p_hi = 1 / (1 + 18 * math.exp(-10.0))  # softmax of +5 against eighteen -5
+    p_lo = 1 / (1 + 18 * math.exp(-6.0))
+    assert score[0, 0] == pytest.approx(p_hi) and score[1, 0] == pytest.approx(p_lo)

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from bismap.stages.pseudo_labels import Predictor, label_target, prepare_model, selection_settings
+from bismap.stages.pseudo_labels import DEFAULT_CONFIDENCE, Predictor, label_target, prepare_model, selection_settings
 from bismap.stages.source_features import mean_std, open_spec, setup_device, to_input
 
 
@@ -36,7 +36,7 @@ def run(*, checkpoint: str | os.PathLike, target: dict, target_gt: dict | None, 
     ds = open_spec(target, "target")
     gt_ds = None if target_gt is None else open_spec(target_gt, "target_gt")
     model = prepare_model(checkpoint, ds, cfg, data, device, "naive_labels")
-    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "confidence", 0.9)
+    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "confidence", DEFAULT_CONFIDENCE)
     predict = softmax_predictor(model, mean=mean, std=std, device=device, flip=bool(cfg.get("flip", False)))
     print(f"naive_labels: {len(ds)} target images, selection {mode}", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,

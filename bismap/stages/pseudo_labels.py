@@ -14,6 +14,7 @@ The two-pass thresholding driver here is shared with the naive baseline (naive_l
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,6 +28,7 @@ from bismap.stages.fit_prototypes import load_prototypes
 from bismap.stages.source_features import (IGNORE, NUM_CLASSES, forward, load_warmup, mean_std, open_spec,
                                            setup_device, to_input)
 
+DEFAULT_CONFIDENCE = 0.9  # selection confidence with threshold null
 Predictor = Callable[[dict], tuple[np.ndarray, np.ndarray]]  # item -> (label uint8 [H,W], score float [H,W])
 
 
@@ -160,36 +162,65 @@ def prepare_model(checkpoint, target_ds, cfg: dict, data: dict, device: torch.de
     return model.eval()
 
 
-def selection_settings(cfg: dict, default_mode: str, default_threshold: float) -> tuple[str, float, float, int | None, int]:
+def selection_settings(cfg: dict, default_mode: str, default_threshold: float,
+                       allowed: tuple[str, ...] = ()) -> tuple[str, float, float, int | None, int]:
     mode = str(cfg.get("selection", default_mode))
-    if mode not in (default_mode, "percentile"):
-        raise InputError(f"config: selection must be {default_mode!r} or 'percentile', got {mode!r}")
+    modes = (default_mode, "percentile", *allowed)
+    if mode not in modes:
+        raise InputError(f"config: selection must be one of {', '.join(map(repr, modes))}, got {mode!r}")
     sp = cfg.get("sample_pixels", 20000)
-    return (mode, float(cfg.get("threshold", default_threshold)), float(cfg.get("percentile", 50.0)),
-            None if sp is None else int(sp), int(cfg.get("seed", 0)))
+    thr = cfg.get("threshold")
+    # threshold null: the mode's own scale (softmax 0.9, or the caller's default: the original's tau = 100)
+    threshold = (DEFAULT_CONFIDENCE if mode == "confidence" else float(default_threshold)) if thr is None else float(thr)
+    return (mode, threshold, float(cfg.get("percentile", 50.0)), None if sp is None else int(sp),
+            int(cfg.get("seed", 0)))
 
 
 # ----------------------------------------------------------------------------- stage
 def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, flip: bool, chunk_pixels: int,
-                  classes: list[int] | None) -> Predictor:
+                  classes: list[int] | None, rule: str = "gmm", score: str = "loglik") -> Predictor:
+    """Per pixel: the GMMs' class (rule gmm), that class only where the network's argmax agrees
+    (rule agree, others 255), or the network's class alone (rule network: the ablation without
+    prototypes); score = the best log-likelihood, or the network's softmax confidence."""
     allowed = dict(gmms) if classes is None else {c: g for c, g in gmms.items() if c in set(classes)}
     if not allowed:
         raise InputError(f"config: pseudo_labels.classes {classes} has no class with a fitted GMM")
+    if rule not in ("gmm", "agree", "network"):
+        raise InputError(f"config: pseudo_labels.rule must be 'gmm', 'agree' or 'network', got {rule!r}")
+    need_logits = rule != "gmm" or score == "confidence"
+    if need_logits and classes is not None:
+        mask = torch.full((NUM_CLASSES,), -math.inf, device=device)
+        mask[list(allowed)] = 0.0
+    else:
+        mask = None
 
     def predict(item: dict) -> tuple[np.ndarray, np.ndarray]:
         x = to_input([item], mean, std, device)
-        feat, _ = forward(model, x, flip)
+        feat, logits = forward(model, x, flip)
         h, w = item["image"].shape[:2]
         label = np.empty((h, w), np.uint8)
-        score = np.empty((h, w), np.float64)
+        out_score = np.empty((h, w), np.float64)
         rows = max(1, int(chunk_pixels) // w)
+        logit_rows = upsampled_rows(logits[0], (h, w), rows) if need_logits else None
         for r0, f in upsampled_rows(feat[0], (h, w), rows):
             ll = class_log_likelihood(allowed, f, NUM_CLASSES, batch_size=max(1, int(chunk_pixels)))
             best, arg = ll.max(1)
+            sc = best
+            if logit_rows is not None:
+                _, lg = next(logit_rows)
+                if mask is not None:
+                    lg = lg + mask
+                conf, net_arg = torch.softmax(lg.double(), 1).max(1)
+                if score == "confidence":
+                    sc = conf
+                if rule == "agree":
+                    arg = torch.where(arg == net_arg, arg, torch.full_like(arg, IGNORE))
+                elif rule == "network":
+                    arg = net_arg
             r1 = r0 + f.shape[0] // w
             label[r0:r1] = arg.reshape(-1, w).cpu().numpy().astype(np.uint8)
-            score[r0:r1] = best.reshape(-1, w).cpu().numpy()
-        return label, score
+            out_score[r0:r1] = sc.reshape(-1, w).cpu().numpy()
+        return label, out_score
 
     return predict
 
@@ -206,10 +237,13 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     dim = int(getattr(model, "feature_dim", meta.get("feature_dim", 0)))
     if meta.get("feature_dim") is not None and int(meta["feature_dim"]) != dim:
         raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
-    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0)
+    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence",))
+    rule = str(cfg.get("rule", "gmm"))
     predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg.get("flip", False)),
-                            chunk_pixels=int(cfg.get("chunk_pixels", 200_000)), classes=cfg.get("classes"))
-    print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, selection {mode}", flush=True)
+                            chunk_pixels=int(cfg.get("chunk_pixels", 200_000)), classes=cfg.get("classes"),
+                            rule=rule, score="confidence" if mode == "confidence" else "loglik")
+    print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
+          f"selection {mode}", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,
                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
                  stage="pseudo_labels")
