@@ -282,8 +282,23 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
         labels = {name: {key: dict(zip(("mean", "std"), mean_std(v))) for key, v in entry.items()}
                   for name, entry in per_labels.items()}
         table["ablations"][ablation] = {"seeds": seeds_found, "models": models, "label_sets": labels,
-                                        "gap_recovered": gap_recovered(models)}
+                                        "gap_recovered": gap_recovered(models), "over_naive": over_naive(models)}
     return table
+
+
+def over_naive(models: dict) -> dict | None:
+    """Per adapted model: mean and std over seeds of (its mIoU - naive self-training's), paired by seed."""
+    base = models.get("naive self-training")
+    if base is None:
+        return None
+    out = {}
+    for name, m in models.items():
+        if name in ("source-only", "naive self-training", "oracle") or len(m["values"]) != len(base["values"]):
+            continue
+        diffs = [a - b for a, b in zip(m["values"], base["values"]) if a is not None and b is not None]
+        mean, std = mean_std(diffs)
+        out[name] = {"mean": mean, "std": std}
+    return out
 
 
 def gap_recovered(models: dict) -> dict | None:
@@ -322,6 +337,15 @@ def table_markdown(table: dict) -> str:
         for a in abls:
             rec = table["ablations"][a].get("gap_recovered") or {}
             cells = [f"{100 * rec[m]:.0f}" if m in rec else "-" for m in methods if m not in ("source-only", "oracle")]
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append("")
+        adapted = [m for m in methods if m not in ("source-only", "naive self-training", "oracle")]
+        lines += ["mIoU minus naive self-training's, paired by seed (mean ± std over seeds):", "",
+                  "| ablation | " + " | ".join(adapted) + " |", "|---|" + "---|" * len(adapted)]
+        for a in abls:
+            diff = table["ablations"][a].get("over_naive") or {}
+            cells = [(f"{100 * diff[m]['mean']:+.1f} ± {100 * (diff[m]['std'] or 0):.1f}"
+                      if m in diff and diff[m]["mean"] is not None else "-") for m in adapted]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
         sets = [s for a in abls for s in table["ablations"][a].get("label_sets", {})]

@@ -64,6 +64,7 @@ def test_aggregate_mean_std(tmp_path):
     k1 = table["ablations"]["k1"]
     assert k1["seeds"] == [1] and k1["models"]["source-only"]["std"] == 0.0
     assert table["missing"] == ["b_k1_s2", "b_k1_s3"]
+    assert full == table["ablations"]["full"]["models"]
     paths = benchmark.write_outputs(table, tmp_path / "bench")
     assert all(p.is_file() for p in paths)
     md = (tmp_path / "bench" / "table.md").read_text()
@@ -180,3 +181,20 @@ def test_reference_without_provenance_is_not_reused(tmp_path, monkeypatch):
     benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(calls) == 2 and "--forcerun" not in calls[1] and not (root / "b_k1_s1").exists()
+
+
+def test_gap_and_paired_difference_to_naive(tmp_path):
+    spec = _spec(tmp_path)
+    root = tmp_path / "results"
+    for seed, (naive, st) in zip((1, 2, 3), ((0.30, 0.33), (0.32, 0.36), (0.28, 0.29))):
+        _summary(root, f"b_full_s{seed}", {"source-only": 0.2, "naive self-training": naive,
+                                           "BiSMAP self-training": st, "oracle": 0.6}, [0.1] * 4)
+    full = benchmark.aggregate(spec, root)["ablations"]["full"]
+    diff = full["over_naive"]["BiSMAP self-training"]
+    assert diff["mean"] == pytest.approx(0.0266667, abs=1e-6)  # mean of 0.03, 0.04, 0.01
+    assert diff["std"] == pytest.approx(math.sqrt(((0.03 - 0.02667) ** 2 + (0.04 - 0.02667) ** 2
+                                                   + (0.01 - 0.02667) ** 2) / 2), abs=1e-4)
+    # gap recovered from the means: (0.3267 - 0.2) / (0.6 - 0.2)
+    assert full["gap_recovered"]["BiSMAP self-training"] == pytest.approx((0.98 / 3 - 0.2) / 0.4)
+    md = benchmark.table_markdown(benchmark.aggregate(spec, root))
+    assert "+2.7 ± 1.5" in md and "| full | 25 | 32 |" in md
