@@ -193,6 +193,8 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
                 tmp = root / f".{exp}.copying"
                 shutil.rmtree(tmp, ignore_errors=True)
                 shutil.copytree(root / ref_exp, tmp, copy_function=shutil.copy2)
+                for name in ("summary.json", "summary.md"):  # the reference's results must never pass as this run's
+                    (tmp / name).unlink(missing_ok=True)
                 (tmp / FORCE_MARKER).write_text("\n".join(roots) + "\n")
                 tmp.rename(root / exp)
         if not dry_run and marker.is_file():
@@ -255,7 +257,7 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
         for seed in spec["seeds"]:
             exp = experiment_name(spec["prefix"], ablation, seed)
             path = root / exp / "summary.json"
-            if not path.is_file():
+            if not path.is_file() or (root / exp / FORCE_MARKER).exists():  # not run, or copied and unfinished
                 table["missing"].append(exp)
                 continue
             summary = read_json(path)
@@ -378,11 +380,8 @@ def table_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(table: dict, out_png: str | os.PathLike, *, width: int = 760, bar_height: int = 20) -> None:
-    """Horizontal bars (mean) with std whiskers: one group per ablation, one bar per method."""
-    from PIL import Image, ImageDraw
-
-    # Baselines are shared by every ablation (copied or re-run, the same numbers): drawn once.
+def plot_rows(table: dict) -> list[tuple[str, str, float | None, float | None]]:
+    """(ablation, method, mean, std) bars; the baselines every ablation shares are drawn once."""
     baselines = ("source-only", "naive self-training", "oracle")
     reference = table.get("reference", "full")
     rows: list[tuple[str, str, float | None, float | None]] = []
@@ -390,6 +389,27 @@ def plot(table: dict, out_png: str | os.PathLike, *, width: int = 760, bar_heigh
         for m, v in entry["models"].items():
             if a == reference or m not in baselines or len(table["ablations"]) == 1:
                 rows.append((a, m, v["mean"], v["std"]))
+    return rows
+
+
+def text_plot(table: dict, width: int = 50) -> str:
+    """The plot as text bars (for terminals and the README): one '#' per 100/width mIoU points."""
+    lines = ["target-val mIoU (%), mean ± std over seeds (n)"]
+    rows = plot_rows(table)
+    label_w = max([len(f"{a}: {m}") for a, m, _, _ in rows] + [10])
+    for a, m, mean, std in rows:
+        n = len(table["ablations"][a]["seeds"])
+        bar = "#" * int(round(width * (mean or 0.0)))
+        value = "-" if mean is None else f"{100 * mean:.1f} ± {100 * (std or 0.0):.1f} ({n})"
+        lines.append(f"{a + ': ' + m:<{label_w}} |{bar} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, out_png: str | os.PathLike, *, width: int = 760, bar_height: int = 20) -> None:
+    """Horizontal bars (mean) with std whiskers: one group per ablation, one bar per method."""
+    from PIL import Image, ImageDraw
+
+    rows = plot_rows(table)
     margin_left, margin_right, top = 300, 80, 36
     height = top + bar_height * max(len(rows), 1) + 24
     img = Image.new("RGB", (width, height), "white")
@@ -431,4 +451,6 @@ def write_outputs(table: dict, out: str | os.PathLike) -> list[Path]:
     with atomic_path(out / "table.md") as tmp:
         Path(tmp).write_text(table_markdown(table))
     plot(table, out / "plot.png")
-    return [out / "table.md", out / "table.json", out / "plot.png"]
+    with atomic_path(out / "plot.txt") as tmp:
+        Path(tmp).write_text(text_plot(table))
+    return [out / "table.md", out / "table.json", out / "plot.png", out / "plot.txt"]

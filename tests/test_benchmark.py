@@ -149,6 +149,9 @@ def test_ablation_reuses_reference_run(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="b_k1_s1 failed"):
         benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)
     assert (root / "b_k1_s1" / benchmark.FORCE_MARKER).read_text().split() == ["fit_prototypes"]
+    assert not (root / "b_k1_s1" / "summary.json").exists()  # the reference's table is not copied
+    (root / "b_k1_s1" / "summary.json").write_text((root / "b_full_s1" / "summary.json").read_text())
+    assert "b_k1_s1" in benchmark.aggregate(spec, root)["missing"]  # unfinished (marker): not tabulated
     monkeypatch.setenv("FAKE_RC", "0")
     assert benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root) == ["b_k1_s1"]
 
@@ -198,3 +201,5 @@ def test_gap_and_paired_difference_to_naive(tmp_path):
     assert full["gap_recovered"]["BiSMAP self-training"] == pytest.approx((0.98 / 3 - 0.2) / 0.4)
     md = benchmark.table_markdown(benchmark.aggregate(spec, root))
     assert "+2.7 ± 1.5" in md and "| full | 25 | 32 |" in md
+    text = benchmark.text_plot(benchmark.aggregate(spec, root), width=50)
+    assert "full: oracle" in text and "|" + "#" * 30 + " 60.0 ± 0.0 (3)" in text
