@@ -279,13 +279,32 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
             entry = per_model[name]
             m, s = mean_std(entry["values"])
             models[name] = {"headline": entry["headline"], "mean": m, "std": s, "n": len(entry["values"]),
-                            "values": entry["values"],
+                            "values": entry["values"], "seeds": list(seeds_found),
                             "classes": {c: dict(zip(("mean", "std"), mean_std(v))) for c, v in entry["classes"].items()}}
         labels = {name: {key: dict(zip(("mean", "std"), mean_std(v))) for key, v in entry.items()}
                   for name, entry in per_labels.items()}
         table["ablations"][ablation] = {"seeds": seeds_found, "models": models, "label_sets": labels,
                                         "gap_recovered": gap_recovered(models), "over_naive": over_naive(models)}
+    ref = table["ablations"].get(table["reference"])
+    for name, entry in table["ablations"].items():
+        if ref is not None and name != table["reference"]:
+            entry["over_reference"] = over_reference(entry["models"], ref["models"])
     return table
+
+
+def over_reference(models: dict, reference: dict) -> dict:
+    """Per model: mean and std of (ablation - reference) mIoU over the seeds both have (paired)."""
+    out = {}
+    for name, m in models.items():
+        r = reference.get(name)
+        if r is None:
+            continue
+        ref_by_seed = dict(zip(r["seeds"], r["values"]))
+        diffs = [v - ref_by_seed[s] for s, v in zip(m["seeds"], m["values"])
+                 if s in ref_by_seed and v is not None and ref_by_seed[s] is not None]
+        mean, std = mean_std(diffs)
+        out[name] = {"mean": mean, "std": std, "n": len(diffs)}
+    return out
 
 
 def over_naive(models: dict) -> dict | None:
@@ -350,6 +369,19 @@ def table_markdown(table: dict) -> str:
                       if m in diff and diff[m]["mean"] is not None else "-") for m in adapted]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
+        if len(abls) > 1:
+            lines += [f"Ablation minus `{table.get('reference', 'full')}` on the same seeds (paired; mean ± std, "
+                      "n = shared seeds):", "",
+                      "| ablation | n | " + " | ".join(adapted) + " |", "|---|---|" + "---|" * len(adapted)]
+            for a in abls:
+                diff = table["ablations"][a].get("over_reference")
+                if not diff:
+                    continue
+                n = max((d["n"] for d in diff.values()), default=0)
+                cells = [(f"{100 * diff[m]['mean']:+.1f} ± {100 * (diff[m]['std'] or 0):.1f}"
+                          if m in diff and diff[m]["mean"] is not None else "-") for m in adapted]
+                lines.append(f"| {a} | {n} | " + " | ".join(cells) + " |")
+            lines.append("")
         sets = [s for a in abls for s in table["ablations"][a].get("label_sets", {})]
         sets = list(dict.fromkeys(sets))
         if sets:

@@ -63,6 +63,9 @@ def test_aggregate_mean_std(tmp_path):
     assert list(full) == ["source-only", "oracle"]
     k1 = table["ablations"]["k1"]
     assert k1["seeds"] == [1] and k1["models"]["source-only"]["std"] == 0.0
+    # paired with full's seed-1 run only (0.25 - 0.2), not with full's 3-seed mean
+    assert k1["over_reference"]["source-only"]["mean"] == pytest.approx(0.05)
+    assert k1["over_reference"]["source-only"]["n"] == 1
     assert table["missing"] == ["b_k1_s2", "b_k1_s3"]
     assert full == table["ablations"]["full"]["models"]
     paths = benchmark.write_outputs(table, tmp_path / "bench")
