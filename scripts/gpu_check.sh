@@ -17,7 +17,7 @@ $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_che
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
 for amp in auto fp16; do
-  $PY -m bismap.engine.benchmark --setting paper --device cuda --amp "$amp" --iters "$ITERS" --warmup "$WARMUP" \
+  $PY -m bismap.engine.throughput --setting paper --device cuda --amp "$amp" --iters "$ITERS" --warmup "$WARMUP" \
       --json "$OUT/paper_$amp.json" | grep '^RESULT' || { echo "FAIL: benchmark with amp=$amp crashed"; status=1; continue; }
   $PY - "$OUT/paper_$amp.json" "$BUDGET_MIB" <<'PYEOF' || status=1
 import json, sys

@@ -6,9 +6,9 @@ backward on the source batch and on the weak target batch, an EMA teacher forwar
 view, a student forward on the strong view, CE + CE + KL. Prints iterations/s measured over
 `--iters` iterations after `--warmup` iterations, and the peak memory.
 
-  python -m bismap.engine.benchmark --setting embedded --device cpu --iters 5
-  python -m bismap.engine.benchmark --setting paper --device cpu --iters 2 --warmup 1
-  python -m bismap.engine.benchmark --setting paper --device cuda --iters 30
+  python -m bismap.engine.throughput --setting embedded --device cpu --iters 5
+  python -m bismap.engine.throughput --setting paper --device cpu --iters 2 --warmup 1
+  python -m bismap.engine.throughput --setting paper --device cuda --iters 30
 """
 from __future__ import annotations
 
