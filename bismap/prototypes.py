@@ -1,10 +1,12 @@
-"""Prototype models in torch: seeded k-means and a diagonal-covariance Gaussian mixture.
+"""Prototype models in torch: a diagonal-covariance Gaussian mixture and the stacked class scorer.
 
 Why our own code rather than scikit-learn: the feature banks are large (300k x 256 per
 class in the paper setting) and the pseudo-label stage scores millions of pixels per
 image; both run on the GPU here, with every pass over the data done in fixed-size batches
 so memory stays bounded. The EM loop follows scikit-learn's GaussianMixture(diag) step
-for step (same M-step, same stopping rule) so the two can be compared in tests.
+for step (same M-step, same stopping rule) so the two can be compared in tests. Passes run in
+float32 with float64 statistics (docs/performance.md: speed and log-likelihood against scikit-learn).
+k-means lives in bismap.kmeans (re-exported here).
 """
 from __future__ import annotations
 
@@ -14,127 +16,37 @@ from typing import Any
 
 import torch
 
-__all__ = ["kmeans", "DiagonalGMM", "class_log_likelihood"]
+from bismap.kmeans import _device, kmeans, kmeans_best_draw
+
+__all__ = ["kmeans", "kmeans_best_draw", "DiagonalGMM", "ClassScorer", "best_class", "class_log_likelihood"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+TIE_RTOL = 1e-4  # best_class: float32 class scores closer than this (relative) are re-scored in float64
 
 
-def _device(name: str | torch.device) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _batched_sq_dist_min(x: torch.Tensor, c: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre (index, squared distance) for every row of x, batch by batch."""
-    c2 = (c * c).sum(1)
-    idx = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    dist = torch.empty(x.shape[0], dtype=c.dtype, device=x.device)
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s:s + batch_size].to(c.dtype)
-        d = (xb * xb).sum(1, keepdim=True) - 2.0 * xb @ c.T + c2[None]
-        dmin, imin = d.min(1)
-        idx[s:s + batch_size] = imin
-        dist[s:s + batch_size] = dmin.clamp_min(0)
-    return idx, dist
-
-
-def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
-    """k-means++ seeding (D^2 sampling); random numbers drawn on the CPU so results do not depend on the device."""
-    n = x.shape[0]
-    first = int(torch.randint(n, (1,), generator=gen))
-    centres = [x[first].double()]
-    _, best = _batched_sq_dist_min(x, centres[0][None], batch_size)
-    for _ in range(1, k):
-        p = best.double().cpu()
-        total = float(p.sum())
-        if total <= 0:
-            j = int(torch.randint(n, (1,), generator=gen))
-        else:
-            j = int(torch.multinomial(p / total, 1, generator=gen))
-        centres.append(x[j].double())
-        _, d = _batched_sq_dist_min(x, centres[-1][None], batch_size)
-        best = torch.minimum(best, d)
-    return torch.stack(centres)
-
-
-def _lloyd(x: torch.Tensor, c: torch.Tensor, gen: torch.Generator, max_iter: int, tol: float,
-           batch_size: int) -> tuple[torch.Tensor, float, int]:
-    """Lloyd iterations until the largest centre shift is below tol (absolute, in x's units).
-
-    One pass per iteration: assignment (in x's precision) and float64 sums (one-hot matmul) together.
-    """
-    k, d = c.shape
-    it = 0
-    for it in range(1, max_iter + 1):
-        sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
-        counts = torch.zeros(k, dtype=torch.float64, device=x.device)
-        cx = c.to(x.dtype)
-        c2 = (cx * cx).sum(1)
-        for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size]
-            idx = (c2[None] - 2.0 * xb @ cx.T).argmin(1)  # ||x||^2 does not change the argmin
-            onehot = torch.zeros(xb.shape[0], k, dtype=torch.float64, device=x.device)
-            onehot[torch.arange(xb.shape[0], device=x.device), idx] = 1.0
-            sums += onehot.T @ xb.double()
-            counts += onehot.sum(0)
-        new = c.clone()
-        full = counts > 0
-        new[full] = sums[full] / counts[full, None]
-        empty = (~full).nonzero().flatten()
-        if len(empty):  # re-seed empty clusters on random points (seeded) rather than leaving them dead
-            picks = torch.randint(x.shape[0], (len(empty),), generator=gen).to(x.device)
-            new[empty] = x[picks].double()
-        shift = float((new - c).norm(dim=1).max())
-        c = new
-        if shift < tol and len(empty) == 0:
-            break
-    _, dist = _batched_sq_dist_min(x, c, batch_size)
-    return c, float(dist.sum()), it
-
-
-def kmeans(x: torch.Tensor, k: int, seed: int = 0, n_init: int = 1, max_iter: int = 300, tol: float = 1e-4,
-           init: str = "k-means++", batch_size: int = 65536, device: str | torch.device = "cpu"
-           ) -> tuple[torch.Tensor, float]:
-    """Seeded k-means: `n_init` restarts, keep the lowest sum of squared distances.
-
-    `init` is "k-means++" (as scikit-learn's KMeans, used by the original STM) or "random"
-    (k distinct data points, as the original GMM initialiser). Returns (centres [k, D] float64 on CPU, cost).
-    """
-    if x.ndim != 2:
-        raise ValueError(f"kmeans expects [N, D], got {tuple(x.shape)}")
-    n = x.shape[0]
-    if n < k:
-        raise ValueError(f"kmeans: {n} samples < k={k}")
-    if init not in ("k-means++", "random"):
-        raise ValueError(f"kmeans: unknown init {init!r}")
-    dev = _device(device)
-    x = x.to(dev)
-    gen = torch.Generator().manual_seed(int(seed))
-    best_c, best_cost = None, math.inf
-    for _ in range(max(1, int(n_init))):
-        if init == "random":
-            c0 = x[torch.randperm(n, generator=gen)[:k].to(dev)].double()
-        else:
-            c0 = _kmeans_pp_init(x, k, gen, batch_size)
-        c, cost, _ = _lloyd(x, c0, gen, max_iter, tol, batch_size)
-        if cost < best_cost:
-            best_c, best_cost = c, cost
-    assert best_c is not None
-    return best_c.cpu(), best_cost
+def _padded(k: int) -> int:
+    """Columns of the E-step matmul: k rounded up to a multiple of 16."""
+    return 16 * math.ceil(k / 16)
 
 
 class DiagonalGMM:
     """Gaussian mixture with diagonal covariances ("anisotropic prototypes"), fitted by batched EM.
 
-    Memory per pass is O(batch_size * (D + K)); statistics are accumulated in float64.
+    Names mean what they mean in scikit-learn's GaussianMixture(covariance_type="diag"):
+    `n_init` EM restarts (the best lower bound is kept), `reg_covar` added to every variance,
+    `tol` on the absolute change of the mean log-likelihood. `kmeans_n_init` is the number of
+    random k-means draws scored by their cost; only the best is iterated (the original's init).
+
+    Speed: every pass works on the augmented rows [x - s, (x - s)^2] (s: the data mean), built
+    once per fit in `dtype` (float32 by default); one fused pass per EM iteration computes the
+    E-step as one matmul and the sufficient statistics as a second matmul on the same cached
+    batch, accumulated in float64. Memory: the augmented copy (N x 2D) plus O(batch_size * K).
     """
 
     def __init__(self, n_components: int = 8, tol: float = 1e-3, max_iter: int = 100, reg_covar: float = 1e-6,
-                 seed: int = 0, batch_size: int = 65536, device: str | torch.device = "cpu", n_init: int = 20,
-                 kmeans_tol: float = 1e-3, kmeans_max_iter: int = 300) -> None:
+                 seed: int = 0, batch_size: int = 8192, device: str | torch.device = "cpu", n_init: int = 1,
+                 kmeans_n_init: int = 20, kmeans_tol: float = 1e-3, kmeans_max_iter: int = 300,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.n_components = int(n_components)
         self.tol = float(tol)
         self.max_iter = int(max_iter)
@@ -143,8 +55,10 @@ class DiagonalGMM:
         self.batch_size = int(batch_size)
         self.device = _device(device)
         self.n_init = int(n_init)
+        self.kmeans_n_init = int(kmeans_n_init)
         self.kmeans_tol = float(kmeans_tol)
         self.kmeans_max_iter = int(kmeans_max_iter)
+        self.dtype = dtype
         self.weights_: torch.Tensor | None = None
         self.means_: torch.Tensor | None = None
         self.variances_: torch.Tensor | None = None
@@ -153,96 +67,122 @@ class DiagonalGMM:
         self.lower_bound_ = -math.inf
 
     # ------------------------------------------------------------------ fitting
-    def _init_means(self, x: torch.Tensor) -> torch.Tensor:
+    def _init_means(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """k-means on min-max normalised data (as the original), mapped back to the data scale."""
         lo = x.min(0).values.double()
         span = x.max(0).values.double() - lo
         span[span <= 0] = 1.0
-        xn = ((x.double() - lo) / span).float()
-        c, _ = kmeans(xn, self.n_components, seed=self.seed, n_init=self.n_init, max_iter=self.kmeans_max_iter,
-                      tol=self.kmeans_tol, init="random", batch_size=self.batch_size, device=self.device)
+        xn = ((x.double() - lo) / span).to(self.dtype)
+        c = kmeans_best_draw(xn, self.n_components, seed=seed, n_draws=self.kmeans_n_init,
+                             max_iter=self.kmeans_max_iter, tol=self.kmeans_tol, batch_size=self.batch_size)
         return c.to(self.device) * span + lo
 
-    def _init_from_hard_assignment(self, x: torch.Tensor, means: torch.Tensor) -> None:
-        """Weights and variances from the nearest-mean hard assignment (what scikit-learn does)."""
-        k, d = means.shape
-        eps10 = 10 * torch.finfo(torch.float64).eps
-        idx, _ = _batched_sq_dist_min(x, means, self.batch_size)
-        nk = torch.zeros(k, dtype=torch.float64, device=self.device)
-        sx = torch.zeros(k, d, dtype=torch.float64, device=self.device)
-        sxx = torch.zeros(k, d, dtype=torch.float64, device=self.device)
-        for s in range(0, x.shape[0], self.batch_size):
-            xb = x[s:s + self.batch_size].double()
-            ib = idx[s:s + self.batch_size]
-            nk.index_add_(0, ib, torch.ones_like(ib, dtype=torch.float64))
-            sx.index_add_(0, ib, xb)
-            sxx.index_add_(0, ib, xb * xb)
-        nk = nk + eps10
-        mu_r = sx / nk[:, None]
-        var = sxx / nk[:, None] - 2 * mu_r * sx / nk[:, None] + mu_r ** 2 + self.reg_covar
-        empty = nk < 0.5
-        if bool(empty.any()):  # a dead component would stay dead; give it the global variance instead
-            gvar = x.double().var(0, unbiased=False) + self.reg_covar
-            var[empty] = gvar
-        w = nk / nk.sum()
-        self.weights_, self.means_, self.variances_ = w, means.clone(), var.clamp_min(self.reg_covar)
+    def _m_step(self, nk: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor,
+                fallback_var: torch.Tensor | None = None) -> None:
+        """Weights, means and variances from float64 sufficient statistics (scikit-learn's M-step).
 
-    def _log_prob_components(self, xb: torch.Tensor) -> torch.Tensor:
-        """log(pi_k) + log N(x; mu_k, diag var_k) for a batch: [B, K] (matmul form, float64)."""
+        Statistics are in the centred coordinates of the fit; `fallback_var` (the data variance)
+        replaces the variance of components with no hard-assigned row (only at initialisation).
+        """
+        nk = nk + 10 * torch.finfo(torch.float64).eps
+        mu = sx / nk[:, None]
+        var = sxx / nk[:, None] - mu * mu + self.reg_covar
+        if fallback_var is not None:
+            empty = nk < 0.5
+            var[empty] = fallback_var + self.reg_covar
+        self.weights_ = nk / nk.sum()
+        self.means_ = mu
+        self.variances_ = var.clamp_min(self.reg_covar)
+
+    def _linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [2D, K], c [K]) with log(pi_k N(x; mu_k, var_k)) = [x, x^2] @ W + c, in float64."""
         assert self.means_ is not None and self.variances_ is not None and self.weights_ is not None
         prec = 1.0 / self.variances_
-        xb = xb.double()
-        quad = (xb * xb) @ prec.T - 2.0 * xb @ (self.means_ * prec).T + (self.means_ ** 2 * prec).sum(1)[None]
-        logdet = torch.log(self.variances_).sum(1)
         d = self.means_.shape[1]
-        return -0.5 * (d * _LOG_2PI + logdet[None] + quad) + torch.log(self.weights_)[None]
+        w = torch.cat([self.means_ * prec, -0.5 * prec], 1).T
+        c = -0.5 * (d * _LOG_2PI + torch.log(self.variances_).sum(1) + (self.means_ ** 2 * prec).sum(1))
+        return w, c + torch.log(self.weights_)
+
+    def _stats_pass(self, xa: torch.Tensor, means: torch.Tensor | None = None
+                    ) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass over augmented rows: (mean log-likelihood, nk, sx, sxx), statistics in float64.
+
+        With `means`, responsibilities are the nearest-mean hard assignment (initialisation);
+        otherwise the E-step of the current parameters (and the log-likelihood is computed).
+        """
+        n, d2 = xa.shape
+        d = d2 // 2
+        k = self.n_components
+        nk = torch.zeros(k, dtype=torch.float64, device=xa.device)
+        s = torch.zeros(k, d2, dtype=torch.float64, device=xa.device)
+        total = torch.zeros((), dtype=torch.float64, device=xa.device)
+        if means is None:
+            w, c = self._linear_form()
+        else:
+            w = torch.cat([2.0 * means, -torch.ones_like(means)], 1).T  # -||x - m||^2 + ||m||^2
+            c = -(means * means).sum(1)
+        # MKL's fp32 GEMM is ~3x slower for 8 output columns than for 16 on this kind of CPU: pad
+        w = torch.nn.functional.pad(w, (0, _padded(k) - k)).to(xa.dtype)
+        c = torch.nn.functional.pad(c, (0, _padded(k) - k)).to(xa.dtype)
+        for s0 in range(0, n, self.batch_size):
+            xb = xa[s0:s0 + self.batch_size]
+            lp = torch.addmm(c[None], xb, w)[:, :k]
+            if means is None:
+                norm = torch.logsumexp(lp, 1)
+                total += norm.sum(dtype=torch.float64)
+                r = torch.exp(lp - norm[:, None])
+            else:
+                r = torch.zeros_like(lp).scatter_(1, lp.argmax(1, keepdim=True), 1.0)
+            nk += r.sum(0, dtype=torch.float64)
+            s += (r.T @ xb).double()
+        return float(total) / n, nk, s[:, :d], s[:, d:]
+
+    def _augmented(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape
+        xa = torch.empty(n, 2 * d, dtype=self.dtype, device=self.device)
+        for s0 in range(0, n, self.batch_size):
+            xb = (x[s0:s0 + self.batch_size].to(self.device, torch.float64) - shift).to(self.dtype)
+            xa[s0:s0 + self.batch_size, :d] = xb
+            xa[s0:s0 + self.batch_size, d:] = xb * xb
+        return xa
+
+    def _em(self, xa: torch.Tensor, means: torch.Tensor, var0: torch.Tensor) -> tuple[float, bool, int]:
+        """Initial M-step from the hard assignment to `means` (centred), then EM: (lower bound, converged, iterations)."""
+        n = xa.shape[0]
+        _, nk, sx, sxx = self._stats_pass(xa, means=means)
+        self._m_step(nk, sx, sxx, fallback_var=var0)
+        self.means_ = means.clone()
+        lower_bound = -math.inf
+        for it in range(1, self.max_iter + 1):
+            prev = lower_bound
+            lower_bound, nk, sx, sxx = self._stats_pass(xa)
+            self._m_step(nk, sx, sxx)
+            if abs(lower_bound - prev) < self.tol:
+                return lower_bound, True, it
+        return lower_bound, False, self.max_iter
 
     def fit(self, x: torch.Tensor, means_init: torch.Tensor | None = None) -> "DiagonalGMM":
-        """EM until the mean log-likelihood changes by less than tol, or max_iter iterations."""
+        """EM until the mean log-likelihood changes by less than tol, or max_iter iterations; best of n_init."""
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"DiagonalGMM.fit expects non-empty [N, D], got {tuple(x.shape)}")
         x = x.to(self.device)
         n, d = x.shape
-        if means_init is None:
-            if n < self.n_components:
-                raise ValueError(f"DiagonalGMM: {n} samples < n_components={self.n_components}")
-            means = self._init_means(x)
-        else:
-            means = torch.as_tensor(means_init, dtype=torch.float64, device=self.device)
-            if means.shape != (self.n_components, d):
-                raise ValueError(f"means_init shape {tuple(means.shape)} != {(self.n_components, d)}")
-        self._init_from_hard_assignment(x, means)
-        k = self.n_components
-        eps10 = 10 * torch.finfo(torch.float64).eps
-        lower_bound = -math.inf
-        self.converged_ = False
-        for it in range(1, self.max_iter + 1):
-            prev = lower_bound
-            nk = torch.zeros(k, dtype=torch.float64, device=self.device)
-            sx = torch.zeros(k, d, dtype=torch.float64, device=self.device)
-            sxx = torch.zeros(k, d, dtype=torch.float64, device=self.device)
-            total = 0.0
-            for s in range(0, n, self.batch_size):
-                xb = x[s:s + self.batch_size].double()
-                lp = self._log_prob_components(xb)
-                norm = torch.logsumexp(lp, 1)
-                r = torch.exp(lp - norm[:, None])
-                total += float(norm.sum())
-                nk += r.sum(0)
-                sx += r.T @ xb
-                sxx += r.T @ (xb * xb)
-            lower_bound = total / n
-            nk = nk + eps10
-            mu = sx / nk[:, None]
-            var = sxx / nk[:, None] - 2.0 * mu * sx / nk[:, None] + mu ** 2 + self.reg_covar
-            self.weights_ = nk / nk.sum()
-            self.means_ = mu
-            self.variances_ = var.clamp_min(self.reg_covar)
-            self.n_iter_ = it
-            if lower_bound - prev < self.tol:
-                self.converged_ = True
-                break
-        self.lower_bound_ = lower_bound
+        if means_init is None and n < self.n_components:
+            raise ValueError(f"DiagonalGMM: {n} samples < n_components={self.n_components}")
+        if means_init is not None:
+            means_init = torch.as_tensor(means_init, dtype=torch.float64, device=self.device)
+            if means_init.shape != (self.n_components, d):
+                raise ValueError(f"means_init shape {tuple(means_init.shape)} != {(self.n_components, d)}")
+        shift = x.double().mean(0)
+        xa = self._augmented(x, shift)
+        var0 = x.double().var(0, unbiased=False)
+        best = None
+        for i in range(max(1, self.n_init)):
+            means = self._init_means(x, self.seed + i) if means_init is None else means_init
+            lb, conv, it = self._em(xa, means - shift, var0)
+            if best is None or lb > best[0]:
+                best = (lb, conv, it, self.weights_, self.means_ + shift, self.variances_)
+        self.lower_bound_, self.converged_, self.n_iter_, self.weights_, self.means_, self.variances_ = best
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -250,13 +190,23 @@ class DiagonalGMM:
         if self.means_ is None:
             raise RuntimeError("DiagonalGMM is not fitted")
 
+    def _log_prob_components(self, xb: torch.Tensor) -> torch.Tensor:
+        """log(pi_k) + log N(x; mu_k, diag var_k) for a batch: [B, K] in self.dtype, centred on the mean of the means."""
+        w, c = self._linear_form()
+        shift = self.means_.mean(0)  # type: ignore[union-attr]
+        d = shift.shape[0]
+        c = c + shift @ w[:d] + (shift * shift) @ w[d:]  # the same form written for x - shift
+        w = w.clone()
+        w[:d] += 2.0 * shift[:, None] * w[d:]
+        xc = (xb.to(self.device, torch.float64) - shift).to(self.dtype)
+        return torch.addmm(c.to(self.dtype)[None], xc, w[:d].to(self.dtype)) + (xc * xc) @ w[d:].to(self.dtype)
+
     def score_samples(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-row log-likelihood log p(x) (float64, on x's device), computed in batches."""
+        """Per-row log-likelihood log p(x) (float64, on x's device), computed in batches in self.dtype."""
         self._check_fitted()
         out = torch.empty(x.shape[0], dtype=torch.float64, device=self.device)
         for s in range(0, x.shape[0], self.batch_size):
-            xb = x[s:s + self.batch_size].to(self.device)
-            out[s:s + self.batch_size] = torch.logsumexp(self._log_prob_components(xb), 1)
+            out[s:s + self.batch_size] = torch.logsumexp(self._log_prob_components(x[s:s + self.batch_size]), 1)
         return out.to(x.device)
 
     def score(self, x: torch.Tensor) -> float:
@@ -267,7 +217,7 @@ class DiagonalGMM:
         self._check_fitted()
         out = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
         for s in range(0, x.shape[0], self.batch_size):
-            out[s:s + self.batch_size] = self._log_prob_components(x[s:s + self.batch_size].to(self.device)).argmax(1)
+            out[s:s + self.batch_size] = self._log_prob_components(x[s:s + self.batch_size]).argmax(1)
         return out.to(x.device)
 
     # ------------------------------------------------------------------ persistence
@@ -318,39 +268,80 @@ class DiagonalGMM:
         return cls(device=device).load_state_dict(state)
 
 
-def class_log_likelihood(gmms: dict[int, DiagonalGMM], x: torch.Tensor, num_classes: int,
-                         batch_size: int = 65536) -> torch.Tensor:
-    """[N, num_classes] mixture log-likelihood per class; classes without a GMM get -inf.
+class ClassScorer:
+    """All classes' components stacked into one linear form: [N, num_classes] mixture log-likelihoods.
 
-    All classes' components are stacked into one matmul per batch (what makes scoring
-    millions of pixels per image affordable).
+    log(pi N(x; mu, var)) = (x - s) @ A + (x - s)^2 @ B + c, with s the mean of all means (so
+    float32 does not lose the quadratic form to cancellation); two matmuls per batch in `dtype`
+    and a log-sum-exp over each class's components. Classes without a GMM get -inf.
     """
-    if not gmms:
-        raise ValueError("class_log_likelihood: no GMMs")
-    dev = next(iter(gmms.values())).device
-    kmax = max(g.n_components for g in gmms.values())
-    d = x.shape[1]
-    classes = sorted(gmms)
-    means = torch.zeros(len(classes), kmax, d, dtype=torch.float64, device=dev)
-    var = torch.ones(len(classes), kmax, d, dtype=torch.float64, device=dev)
-    logw = torch.full((len(classes), kmax), -math.inf, dtype=torch.float64, device=dev)
-    for i, c in enumerate(classes):
-        g = gmms[c]
-        g._check_fitted()
-        assert g.means_ is not None and g.variances_ is not None and g.weights_ is not None
-        if g.means_.shape[1] != d:
-            raise ValueError(f"class {c}: GMM has {g.means_.shape[1]} features, data has {d}")
-        kc = g.n_components
-        means[i, :kc], var[i, :kc], logw[i, :kc] = g.means_, g.variances_, torch.log(g.weights_)
-    m = means.reshape(-1, d)
-    prec = 1.0 / var.reshape(-1, d)
-    const = -0.5 * (d * _LOG_2PI + torch.log(var.reshape(-1, d)).sum(1) + (m ** 2 * prec).sum(1)) + logw.reshape(-1)
-    mp = (m * prec).T
-    out = torch.full((x.shape[0], num_classes), -math.inf, dtype=torch.float64, device=x.device)
-    idx = torch.tensor(classes, device=x.device)
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s:s + batch_size].to(dev).double()
-        lp = -0.5 * ((xb * xb) @ prec.T) + xb @ mp + const[None]
-        ll = torch.logsumexp(lp.reshape(xb.shape[0], len(classes), kmax), 2)
-        out[s:s + batch_size, idx] = ll.to(x.device)
-    return out
+
+    def __init__(self, gmms: dict[int, DiagonalGMM], num_classes: int, dtype: torch.dtype = torch.float32) -> None:
+        if not gmms:
+            raise ValueError("class_log_likelihood: no GMMs")
+        self.device = next(iter(gmms.values())).device
+        self.num_classes, self.dtype = int(num_classes), dtype
+        self.classes = sorted(gmms)
+        self.kmax = max(g.n_components for g in gmms.values())
+        forms = []
+        for c in self.classes:
+            g = gmms[c]
+            g._check_fitted()
+            w, b = g._linear_form()
+            pad = self.kmax - g.n_components
+            forms.append((torch.nn.functional.pad(w, (0, pad)), torch.nn.functional.pad(b, (0, pad), value=-math.inf),
+                          g.means_))
+        d = forms[0][2].shape[1]
+        if any(f[2].shape[1] != d for f in forms):
+            raise ValueError("class_log_likelihood: GMMs with different feature sizes")
+        self.dim = d
+        w = torch.cat([f[0] for f in forms], 1)
+        c = torch.cat([f[1] for f in forms])
+        shift = torch.cat([f[2] for f in forms]).mean(0)
+        finite = torch.isfinite(c)
+        c = torch.where(finite, c + shift @ w[:d] + (shift * shift) @ w[d:], c)
+        w[:d] += 2.0 * shift[:, None] * w[d:]
+        self.shift, self.a, self.b, self.c = (t.to(dtype) for t in (shift, w[:d], w[d:], c))
+        self.index = torch.tensor(self.classes, device=self.device)
+
+    def __call__(self, x: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+        """[N, num_classes] log-likelihoods in self.dtype, on x's device."""
+        if x.shape[1] != self.dim:
+            raise ValueError(f"GMMs have {self.dim} features, data has {x.shape[1]}")
+        out = torch.full((x.shape[0], self.num_classes), -math.inf, dtype=self.dtype, device=x.device)
+        for s in range(0, x.shape[0], batch_size):
+            xb = x[s:s + batch_size].to(self.device, self.dtype) - self.shift
+            lp = torch.addmm(self.c[None], xb, self.a)
+            lp.addmm_(xb * xb, self.b)
+            ll = torch.logsumexp(lp.reshape(xb.shape[0], len(self.classes), self.kmax), 2)
+            out[s:s + batch_size, self.index] = ll.to(x.device)
+        return out
+
+
+def best_class(x: torch.Tensor, fast: ClassScorer, exact: ClassScorer, batch_size: int = 65536,
+               tie_rtol: float = TIE_RTOL) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(best log-likelihood, argmax class, pixels re-scored) per row of x.
+
+    Scores with `fast` (float32); rows whose two best classes are within tie_rtol * (1 + |best|)
+    are re-scored with `exact` (float64), so the labels are those of the float64 scorer wherever
+    float32's error is below that tolerance (measured and reported by `python -m bismap.bench scoring`).
+    """
+    ll = fast(x, batch_size)
+    if ll.shape[1] < 2:
+        best, arg = ll.max(1)
+        return best, arg, 0
+    top, arg = ll.topk(2, dim=1)
+    best, arg = top[:, 0], arg[:, 0]
+    near = (top[:, 0] - top[:, 1]) <= tie_rtol * (1.0 + top[:, 0].abs())
+    n_near = int(near.sum())
+    if n_near:
+        b64, a64 = exact(x[near], batch_size).max(1)
+        best, arg = best.clone(), arg.clone()
+        best[near], arg[near] = b64.to(best.dtype), a64
+    return best, arg, n_near
+
+
+def class_log_likelihood(gmms: dict[int, DiagonalGMM], x: torch.Tensor, num_classes: int,
+                         batch_size: int = 65536, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[N, num_classes] mixture log-likelihood per class in `dtype`; classes without a GMM get -inf."""
+    return ClassScorer(gmms, num_classes, dtype)(x, batch_size)

@@ -166,6 +166,14 @@ def test_reservoir_is_uniform_and_capped() -> None:
     assert abs(counts[:50].sum() - counts[50:].sum()) < 0.2 * counts.sum()
 
 
+def proto_cfg(**over) -> dict:
+    """The schema's `prototypes` defaults (what the workflow passes) with overrides."""
+    import yaml
+
+    props = yaml.safe_load((Path(__file__).parents[1] / "configs/schema.yaml").read_text())["properties"]["prototypes"]
+    return {**{k: v["default"] for k, v in props["properties"].items()}, "device": "cpu", **over}
+
+
 def test_fit_prototypes_reduces_and_skips(tmp_path) -> None:
     from bismap.stages import fit_prototypes
 
@@ -176,8 +184,8 @@ def test_fit_prototypes_reduces_and_skips(tmp_path) -> None:
             n = {0: 200, 1: 5}.get(c, 0)
             f.create_dataset(f"class_{c}", data=rng.normal(c, 1, size=(n, 4)).astype(np.float32))
     out = tmp_path / "gmm.pt"
-    fit_prototypes.run(features_h5=bank, out_path=out, cfg={"components": 4, "max_samples": 150, "seed": 0,
-                                                             "kmeans_restarts": 2})
+    fit_prototypes.run(features_h5=bank, out_path=out, cfg=proto_cfg(components=4, max_samples=150, seed=0,
+                                                                    kmeans_n_init=2))
     obj = torch.load(out, weights_only=True)
     assert obj["format"] == "bismap-gmm/1" and obj["feature_dim"] == 4
     assert set(obj["classes"]) == {0, 1} and obj["components"] == {0: 4, 1: 2}
@@ -187,7 +195,7 @@ def test_fit_prototypes_reduces_and_skips(tmp_path) -> None:
     with pytest.raises(InputError, match="bank.h5"):
         with h5py.File(bank, "a") as f:
             del f["class_18"]
-        fit_prototypes.run(features_h5=bank, out_path=out, cfg={})
+        fit_prototypes.run(features_h5=bank, out_path=out, cfg=proto_cfg())
 
 
 def test_interp_matrix_matches_bilinear_align_corners() -> None:
@@ -227,7 +235,7 @@ def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:
     tmp_path, ckpt, src, tgt, tgt_gt = tiny
     feats = _features(tmp_path, ckpt, src)
     gmm = tmp_path / "gmm.pt"
-    fit_prototypes.run(features_h5=feats, out_path=gmm, cfg={"components": 2, "seed": 0, "kmeans_restarts": 2})
+    fit_prototypes.run(features_h5=feats, out_path=gmm, cfg=proto_cfg(components=2, seed=0, kmeans_n_init=2))
     out_dir, q = tmp_path / "pl", tmp_path / "q.json"
     cfg = {"selection": "percentile", "percentile": 25.0, "sample_pixels": None, "chunk_pixels": 500,
            "adabn": {"enabled": True, "max_images": 2, "batch_size": 2}}
@@ -290,7 +298,7 @@ def test_missing_inputs_name_the_file(tmp_path) -> None:
     from bismap.stages import fit_prototypes, pseudo_labels
 
     with pytest.raises(InputError, match="nope.h5"):
-        fit_prototypes.run(features_h5=tmp_path / "nope.h5", out_path=tmp_path / "x.pt", cfg={})
+        fit_prototypes.run(features_h5=tmp_path / "nope.h5", out_path=tmp_path / "x.pt", cfg=proto_cfg())
     (tmp_path / "bad.pt").write_bytes(b"not torch")
     with pytest.raises(InputError, match="bad.pt"):
         fit_prototypes.load_prototypes(tmp_path / "bad.pt")

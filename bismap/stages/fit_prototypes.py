@@ -61,14 +61,15 @@ def load_prototypes(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
-    """Fit and save {"format": "bismap-gmm/1", "classes": {c: state}, "feature_dim", "skipped", "components"}."""
+    """Fit and save {"format": "bismap-gmm/1", "classes": {c: state}, "feature_dim", "skipped", "components"}.
+
+    `cfg` is the complete `prototypes` slice (defaults filled from configs/schema.yaml).
+    """
     from bismap.engine.device import resolve_device, set_threads
 
     set_threads(threads)
-    device = resolve_device(str(cfg.get("device", "auto")))
-    k = int(cfg.get("components", 8))
-    max_samples = int(cfg.get("max_samples", 300_000))
-    seed = int(cfg.get("seed", 1))
+    device = resolve_device(str(cfg["device"]))
+    k, max_samples, seed = int(cfg["components"]), int(cfg["max_samples"]), int(cfg["seed"])
     f, dim = _open_bank(features_h5)
     classes: dict[int, dict] = {}
     skipped: list[int] = []
@@ -88,11 +89,10 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
                 x = x[torch.randperm(n, generator=g)[:max_samples].sort().values]
             if kc < k:
                 print(f"fit_prototypes: class {c}: only {n} rows, K reduced {k} -> {kc}", flush=True)
-            gmm = DiagonalGMM(kc, tol=float(cfg.get("tol", 1e-3)), max_iter=int(cfg.get("max_iter", 100)),
-                              reg_covar=float(cfg.get("var_eps", 1e-6)), seed=seed + c,
-                              batch_size=int(cfg.get("batch_size", 65536)), device=device,
-                              n_init=int(cfg.get("kmeans_restarts", 20)), kmeans_tol=float(cfg.get("kmeans_tol", 1e-3)),
-                              kmeans_max_iter=int(cfg.get("kmeans_max_iter", 300)))
+            gmm = DiagonalGMM(kc, tol=float(cfg["tol"]), max_iter=int(cfg["max_iter"]), reg_covar=float(cfg["reg_covar"]),
+                              seed=seed + c, batch_size=int(cfg["batch_size"]), device=device, n_init=int(cfg["n_init"]),
+                              kmeans_n_init=int(cfg["kmeans_n_init"]), kmeans_tol=float(cfg["kmeans_tol"]),
+                              kmeans_max_iter=int(cfg["kmeans_max_iter"]))
             gmm.fit(x)
             classes[c] = gmm.state_dict()
             components[c] = kc
