@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bismap.io import InputError, atomic_dir, write_json
-from bismap.prototypes import DiagonalGMM, class_log_likelihood
+from bismap.prototypes import ClassScorer, DiagonalGMM, best_class
 from bismap.stages.fit_prototypes import load_prototypes
 from bismap.stages.source_features import (IGNORE, NUM_CLASSES, forward, load_warmup, mean_std, open_spec,
                                            setup_device, to_input)
@@ -49,15 +49,32 @@ def interp_matrix(n_out: int, n_in: int, dtype: torch.dtype = torch.float32) -> 
     return a.to(dtype)
 
 
+def interp_taps(n_out: int, n_in: int, device: torch.device | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lo, hi, frac) of linear interpolation with align_corners=True: out[i] = lerp(in[lo], in[hi], frac)."""
+    if n_in == 1 or n_out == 1:
+        z = torch.zeros(n_out, dtype=torch.long, device=device)
+        return z, z, torch.zeros(n_out, device=device)
+    src = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / (n_out - 1)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return lo.to(device), hi.to(device), (src - lo).float().to(device)
+
+
 def upsampled_rows(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (first row, [rows*W, D]) of feat [D,h,w] bilinearly upsampled (align_corners=True) to size."""
-    d, h, w = feat.shape
-    ay = interp_matrix(size[0], h).to(feat.device)
-    ax = interp_matrix(size[1], w).to(feat.device)
+    """Yield (first row, [rows*W, D]) of feat [D,h,w] bilinearly upsampled (align_corners=True) to size.
+
+    Two taps per axis (gather + lerp): O(rows*W*D) per chunk, not the O(rows*W*w*D) of dense matrices.
+    """
+    d = feat.shape[0]
+    ft = feat.permute(1, 2, 0)  # [h, w, D]: chunks come out pixel-major without a copy of the whole map
+    ly, hy, fy = interp_taps(size[0], feat.shape[1], feat.device)
+    lx, hx, fx = interp_taps(size[1], feat.shape[2], feat.device)
+    fy, fx = fy.to(feat.dtype), fx.to(feat.dtype)
     for r0 in range(0, size[0], rows_per_chunk):
-        t = torch.einsum("Hh,dhw->Hwd", ay[r0:r0 + rows_per_chunk], feat)
-        out = torch.einsum("Ww,Hwd->HWd", ax, t)
-        yield r0, out.reshape(-1, d)
+        r = slice(r0, r0 + rows_per_chunk)
+        t = torch.lerp(ft[ly[r]], ft[hy[r]], fy[r, None, None])  # [rows, w, D]
+        yield r0, torch.lerp(t[:, lx], t[:, hx], fx[None, :, None]).reshape(-1, d)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -193,6 +210,8 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
         mask[list(allowed)] = 0.0
     else:
         mask = None
+    fast = ClassScorer(allowed, NUM_CLASSES, torch.float32)
+    exact = ClassScorer(allowed, NUM_CLASSES, torch.float64)
 
     def predict(item: dict) -> tuple[np.ndarray, np.ndarray]:
         x = to_input([item], mean, std, device)
@@ -203,9 +222,8 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
         rows = max(1, int(chunk_pixels) // w)
         logit_rows = upsampled_rows(logits[0], (h, w), rows) if need_logits else None
         for r0, f in upsampled_rows(feat[0], (h, w), rows):
-            ll = class_log_likelihood(allowed, f, NUM_CLASSES, batch_size=max(1, int(chunk_pixels)))
-            best, arg = ll.max(1)
-            sc = best
+            best, arg, _ = best_class(f, fast, exact, batch_size=max(1, int(chunk_pixels)))
+            sc = best.double()
             if logit_rows is not None:
                 _, lg = next(logit_rows)
                 if mask is not None:
