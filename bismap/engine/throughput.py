@@ -78,6 +78,24 @@ def self_training_loss(times: list, device: torch.device):
     return loss_fn
 
 
+def bare_loss(times: list, device: torch.device):
+    """The bare step: one student forward + CE on the source batch (then the trainer's backward and update)."""
+    def loss_fn(ctx):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter())
+        src = ctx.batches["source"]
+        with ctx.autocast():
+            _, logits = ctx.model(src["image"])
+        up = F.interpolate(logits.float(), size=src["label"].shape[-2:], mode="bilinear", align_corners=True)
+        return {"source": F.cross_entropy(up, src["label"], ignore_index=255)}
+
+    return loss_fn
+
+
+LOSSES = {"self_training": self_training_loss, "bare": bare_loss}
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -85,7 +103,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threads: int | None,
-        channels_last: bool, batch: int | None = None, crop: tuple[int, int] | None = None) -> dict:
+        channels_last: bool, batch: int | None = None, crop: tuple[int, int] | None = None,
+        step: str = "self_training") -> dict:
     from bismap.models import build_model
 
     spec = dict(SETTINGS[setting])
@@ -109,11 +128,11 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
     cfg = {"iterations": total, "lr": 5e-4, "warmup_iters": 0, "amp": amp, "channels_last": channels_last,
            "checkpoint_every": 0, "log_every": total, "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer.fit(model=model, loss_fn=self_training_loss(times, device), streams=streams, train_cfg=cfg,
+        trainer.fit(model=model, loss_fn=LOSSES[step](times, device), streams=streams, train_cfg=cfg,
                     out_checkpoint=Path(tmp) / "bench.pt", fingerprint="benchmark", ema_decay=0.999, device=device,
                     model_config=spec["model"], tensorboard_dir=None)
     rate = iters / (times[warmup + iters] - times[warmup])
-    return {"setting": setting, "device": str(device), "gpu": torch.cuda.get_device_name(device)
+    return {"setting": setting, "step": step, "device": str(device), "gpu": torch.cuda.get_device_name(device)
             if device.type == "cuda" else None, "threads": n_threads,
             "amp": dev.resolve_amp(amp, device).name, "channels_last": channels_last and device.type == "cuda",
             "crop": list(spec["crop"]), "batch": f"{bs}+{bs}", "iters": iters, "warmup": warmup,

@@ -1,0 +1,117 @@
+"""Benchmark suite of the hot paths, each against a reference measured in the same run.
+
+  python -m bismap.bench all                 # everything; writes docs/performance.md
+  python -m bismap.bench all --quick         # small sizes, about 2 minutes
+  python -m bismap.bench gmm --gmm-n 100000  # one part; prints its markdown (--out FILE to write it)
+
+Parts: gmm (fit vs scikit-learn), scoring (pseudo-label GMM scoring vs the network forward),
+training (FLOP/s and overhead of the step), loading (readers + augmentation vs the step),
+workflow (snakemake -n, critical path of a finished run). Not tests: nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bismap.bench.common import REPO
+
+PARTS = ("gmm", "scoring", "training", "loading", "workflow")
+TITLES = {"gmm": "GMM fit against scikit-learn", "scoring": "GMM scoring against the network forward",
+          "training": "Training step", "loading": "Data loading", "workflow": "Workflow"}
+
+
+def machine() -> str:
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name"))
+        flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("Flags")), [])
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        model, flags = platform.processor() or "unknown CPU", []
+    import os
+
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{len(os.sched_getaffinity(0))}-core {model} ({', '.join(simd) or 'no AVX flags found'}), "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bismap.bench", description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=("all",) + PARTS)
+    p.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes in all)")
+    p.add_argument("--tiny", action="store_true", help="smallest sizes (the suite's own test)")
+    p.add_argument("--out", type=Path, default=None, help="markdown output (default for all: docs/performance.md)")
+    p.add_argument("--gmm-n", type=int, nargs="+", default=None, help="GMM rows (default 100000 300000)")
+    p.add_argument("--gmm-d", type=int, default=256)
+    p.add_argument("--gmm-iters", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=None, help="timings are the best of this many (default 2, quick 1)")
+    p.add_argument("--scoring", nargs="+", default=None, metavar="HxWxD",
+                   help="image sizes and feature dims (default 96x192x128 1024x2048x256)")
+    p.add_argument("--train-iters", type=int, default=None, help="measured training iterations (default 5)")
+    p.add_argument("--train-batch", type=int, default=None, help="per-domain batch (default: the setting's, 4)")
+    p.add_argument("--no-bf16", action="store_true", help="skip the CPU bf16 autocast measurement")
+    p.add_argument("--images", type=int, default=None, help="images read by the loading part (default 64)")
+    a = p.parse_args(argv)
+    tiny, quick = a.tiny, a.quick or a.tiny
+    a.gmm_n = a.gmm_n or ([2000] if tiny else [20_000] if quick else [100_000, 300_000])
+    if tiny:
+        a.gmm_d = min(a.gmm_d, 16)
+    a.repeats = a.repeats or (1 if quick else 2)
+    a.scoring = a.scoring or (["32x64x16"] if tiny else ["96x192x128", "256x512x256"] if quick
+                              else ["96x192x128", "1024x2048x256"])
+    a.train_iters = a.train_iters or (1 if quick else 5)
+    a.train_batch = a.train_batch or (2 if tiny else None)
+    a.images = a.images or (4 if tiny else 16 if quick else 64)
+    return a
+
+
+def run_part(part: str, a: argparse.Namespace, results: dict) -> dict:
+    from bismap.bench import gmm, loading, scoring, training, workflow
+
+    if part == "gmm":
+        return gmm.run(a.gmm_n, d=a.gmm_d, iters=a.gmm_iters, repeats=a.repeats)
+    if part == "scoring":
+        return scoring.run([tuple(int(v) for v in s.lower().split("x")) for s in a.scoring], repeats=a.repeats)
+    if part == "training":
+        return training.run(iters=a.train_iters, warmup=1, batch=a.train_batch, bf16=not a.no_bf16)
+    if part == "loading":
+        step = next((r["s_per_it"] for r in results.get("training", {}).get("rows", [])
+                     if r["step"] == "self_training" and r["amp"] == "off"), None)
+        return loading.run(a.images, step, batch=a.train_batch)
+    return workflow.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    parts = PARTS if a.part == "all" else (a.part,)
+    cmd = "python -m bismap.bench " + " ".join(shlex.quote(v) for v in (sys.argv[1:] if argv is None else argv))
+    results: dict = {}
+    for part in parts:
+        results[part] = run_part(part, a, results)
+    from bismap.bench import gmm, loading, scoring, training, workflow
+
+    mods = {"gmm": gmm, "scoring": scoring, "training": training, "loading": loading, "workflow": workflow}
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc = [f"# Performance\n\nMeasured by `{cmd}` on {now}.\n\nMachine: {machine()}. Every figure is a ratio "
+           "against a reference measured in the same run on the same machine; the machine was shared with other "
+           "jobs, so absolute times are upper bounds (timings are the best of the repeats).\n"]
+    doc += [f"## {TITLES[p]}\n\n{mods[p].markdown(results[p])}\n" for p in parts]
+    text = "\n".join(doc)
+    out = a.out or (REPO / "docs" / "performance.md" if a.part == "all" else None)
+    if out is None:
+        print(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

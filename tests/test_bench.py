@@ -1,0 +1,42 @@
+"""The benchmark suite runs end to end at its smallest sizes (no timing is asserted)."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_all_tiny_writes_every_section(tmp_path) -> None:
+    from bismap.bench.__main__ import main
+
+    out = tmp_path / "perf.md"
+    assert main(["all", "--tiny", "--no-bf16", "--out", str(out)]) == 0
+    text = out.read_text()
+    for title in ("GMM fit against scikit-learn", "GMM scoring against the network forward", "Training step",
+                  "Data loading", "Workflow"):
+        assert f"## {title}" in text
+    assert "Measured by `python -m bismap.bench all --tiny" in text and "Machine:" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 2000 |")]
+    assert len(rows) == 1
+    speedup, rel = float(rows[0].split("|")[7]), float(rows[0].split("|")[10])
+    assert math.isfinite(speedup) and speedup > 0 and rel < 1e-4
+    overheads = re.findall(r"^\| (?:bare|self_training) \| off \| [^|]+\| [^|]+\| ([^|]+)\|", text, re.M)
+    assert len(overheads) == 2 and all(math.isfinite(float(v)) for v in overheads)
+    assert "| 32x64 | 16 |" in text and text.count("| 0 |") >= 1  # scoring row, no label outside tolerance
+
+
+def test_critical_path_and_stage_times(tmp_path) -> None:
+    from bismap.bench.workflow import critical_path, rule_graph, stage_times
+
+    dot = 'digraph {\n\t0[label = "warmup", color = "0.1 0.6 0.85"];\n\t1[label = "teacher_labels"];\n' \
+          '\t2[label = "evaluate"];\n\t0 -> 1\n\t1 -> 2\n\t0 -> 2\n}'
+    nodes, edges = rule_graph(dot)
+    assert sorted(nodes.values()) == ["evaluate", "teacher_labels", "warmup"] and ("warmup", "teacher_labels") in edges
+    for name, s in (("warmup", 10.0), ("teacher_labels_r1", 4.0), ("teacher_labels_r2", 5.0), ("evaluate_final", 1.0)):
+        (tmp_path / f"{name}.tsv").write_text(f"s\th:m:s\n{s}\t0:00:01\n")
+    times = stage_times(tmp_path, list(nodes.values()))
+    assert times == {"warmup": 10.0, "teacher_labels": 9.0, "evaluate": 1.0}
+    total, path = critical_path(times, edges)
+    assert total == 20.0 and path == ["warmup", "teacher_labels", "evaluate"]
