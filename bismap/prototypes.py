@@ -24,6 +24,18 @@ _LOG_2PI = math.log(2.0 * math.pi)
 TIE_RTOL = 1e-4  # best_class: float32 class scores closer than this (relative) are re-scored in float64
 
 
+def _log_normalise(lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp over the last dim, exp(lp - that)): lp's responsibilities, in place of lp.
+
+    Differences are clamped at -80 before exp: no subnormal results (exp is ~7x slower on them
+    on this CPU); e^-80 ~ 2e-35 is far below either precision's resolution of a sum of 1.
+    """
+    m = lp.amax(-1, keepdim=True)
+    e = lp.sub_(m).clamp_min_(-80.0).exp_()
+    total = e.sum(-1, keepdim=True)
+    return (total.log() + m).squeeze(-1), e.div_(total)
+
+
 def _padded(k: int) -> int:
     """Columns of the E-step matmul: k rounded up to a multiple of 16."""
     return 16 * math.ceil(k / 16)
@@ -105,16 +117,17 @@ class DiagonalGMM:
 
     def _stats_pass(self, xa: torch.Tensor, means: torch.Tensor | None = None
                     ) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One pass over augmented rows: (mean log-likelihood, nk, sx, sxx), statistics in float64.
+        """One pass over the augmented rows [x - s, (x - s)^2]: (mean log-likelihood, nk, sx, sxx) in float64.
 
         With `means`, responsibilities are the nearest-mean hard assignment (initialisation);
         otherwise the E-step of the current parameters (and the log-likelihood is computed).
+        Both matmuls of a batch read it while it is in the cache (squaring and copying each batch
+        instead of storing x^2 was slower here: the strided writes cost more than the extra reads).
         """
-        n, d2 = xa.shape
-        d = d2 // 2
+        n, d = xa.shape[0], xa.shape[1] // 2
         k = self.n_components
         nk = torch.zeros(k, dtype=torch.float64, device=xa.device)
-        s = torch.zeros(k, d2, dtype=torch.float64, device=xa.device)
+        s = torch.zeros(k, 2 * d, dtype=torch.float64, device=xa.device)
         total = torch.zeros((), dtype=torch.float64, device=xa.device)
         if means is None:
             w, c = self._linear_form()
@@ -122,33 +135,35 @@ class DiagonalGMM:
             w = torch.cat([2.0 * means, -torch.ones_like(means)], 1).T  # -||x - m||^2 + ||m||^2
             c = -(means * means).sum(1)
         # MKL's fp32 GEMM is ~3x slower for 8 output columns than for 16 on this kind of CPU: pad
+        # (padded components have log-probability -inf, so responsibility ~0, and are dropped)
         w = torch.nn.functional.pad(w, (0, _padded(k) - k)).to(xa.dtype)
-        c = torch.nn.functional.pad(c, (0, _padded(k) - k)).to(xa.dtype)
+        c = torch.nn.functional.pad(c, (0, _padded(k) - k), value=-math.inf).to(xa.dtype)
         for s0 in range(0, n, self.batch_size):
             xb = xa[s0:s0 + self.batch_size]
-            lp = torch.addmm(c[None], xb, w)[:, :k]
+            lp = torch.addmm(c[None], xb, w)
             if means is None:
-                norm = torch.logsumexp(lp, 1)
+                norm, r = _log_normalise(lp)
                 total += norm.sum(dtype=torch.float64)
-                r = torch.exp(lp - norm[:, None])
             else:
                 r = torch.zeros_like(lp).scatter_(1, lp.argmax(1, keepdim=True), 1.0)
+            r = r[:, :k]
             nk += r.sum(0, dtype=torch.float64)
             s += (r.T @ xb).double()
         return float(total) / n, nk, s[:, :d], s[:, d:]
 
     def _augmented(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """[x - shift, (x - shift)^2] in self.dtype, built batch by batch."""
         n, d = x.shape
         xa = torch.empty(n, 2 * d, dtype=self.dtype, device=self.device)
+        sh = shift.to(self.dtype)
         for s0 in range(0, n, self.batch_size):
-            xb = (x[s0:s0 + self.batch_size].to(self.device, torch.float64) - shift).to(self.dtype)
-            xa[s0:s0 + self.batch_size, :d] = xb
-            xa[s0:s0 + self.batch_size, d:] = xb * xb
+            xb = xa[s0:s0 + self.batch_size, :d]
+            torch.sub(x[s0:s0 + self.batch_size].to(self.device, self.dtype), sh, out=xb)
+            torch.mul(xb, xb, out=xa[s0:s0 + self.batch_size, d:])
         return xa
 
     def _em(self, xa: torch.Tensor, means: torch.Tensor, var0: torch.Tensor) -> tuple[float, bool, int]:
         """Initial M-step from the hard assignment to `means` (centred), then EM: (lower bound, converged, iterations)."""
-        n = xa.shape[0]
         _, nk, sx, sxx = self._stats_pass(xa, means=means)
         self._m_step(nk, sx, sxx, fallback_var=var0)
         self.means_ = means.clone()
@@ -173,9 +188,10 @@ class DiagonalGMM:
             means_init = torch.as_tensor(means_init, dtype=torch.float64, device=self.device)
             if means_init.shape != (self.n_components, d):
                 raise ValueError(f"means_init shape {tuple(means_init.shape)} != {(self.n_components, d)}")
-        shift = x.double().mean(0)
+        shift = (x.sum(0, dtype=torch.float64) / n).to(self.dtype).double()  # exactly representable in dtype
         xa = self._augmented(x, shift)
-        var0 = x.double().var(0, unbiased=False)
+        mom = xa.sum(0, dtype=torch.float64) / n
+        var0 = mom[d:] - mom[:d] ** 2
         best = None
         for i in range(max(1, self.n_init)):
             means = self._init_means(x, self.seed + i) if means_init is None else means_init
@@ -269,11 +285,13 @@ class DiagonalGMM:
 
 
 class ClassScorer:
-    """All classes' components stacked into one linear form: [N, num_classes] mixture log-likelihoods.
+    """All classes' components stacked into one linear form: per-class mixture log-likelihoods.
 
     log(pi N(x; mu, var)) = (x - s) @ A + (x - s)^2 @ B + c, with s the mean of all means (so
-    float32 does not lose the quadratic form to cancellation); two matmuls per batch in `dtype`
-    and a log-sum-exp over each class's components. Classes without a GMM get -inf.
+    float32 does not lose the quadratic form to cancellation; s is representable in float32, so
+    callers may centre features themselves, e.g. before upsampling). Channel-major: two matmuls
+    [C*K, D] @ [D, P] per chunk in `dtype`, then a log-sum-exp over each class's components along
+    a contiguous pixel axis. Classes without a GMM get -inf.
     """
 
     def __init__(self, gmms: dict[int, DiagonalGMM], num_classes: int, dtype: torch.dtype = torch.float32) -> None:
@@ -297,48 +315,57 @@ class ClassScorer:
         self.dim = d
         w = torch.cat([f[0] for f in forms], 1)
         c = torch.cat([f[1] for f in forms])
-        shift = torch.cat([f[2] for f in forms]).mean(0)
+        shift = torch.cat([f[2] for f in forms]).mean(0).float().double()
         finite = torch.isfinite(c)
         c = torch.where(finite, c + shift @ w[:d] + (shift * shift) @ w[d:], c)
         w[:d] += 2.0 * shift[:, None] * w[d:]
-        self.shift, self.a, self.b, self.c = (t.to(dtype) for t in (shift, w[:d], w[d:], c))
+        self.shift = shift.to(dtype)
+        self.a_t, self.b_t = w[:d].T.contiguous().to(dtype), w[d:].T.contiguous().to(dtype)
+        self.c = c.to(dtype)[:, None]
         self.index = torch.tensor(self.classes, device=self.device)
 
+    def columns(self, xc: torch.Tensor) -> torch.Tensor:
+        """Centred features [D, P] (x - self.shift) -> [len(self.classes), P] log-likelihoods in self.dtype."""
+        xc = xc.to(self.device, self.dtype)
+        lp = torch.addmm(self.c, self.a_t, xc)
+        lp.addmm_(self.b_t, xc * xc)
+        v = lp.view(len(self.classes), self.kmax, -1)
+        m = v.amax(1, keepdim=True)
+        e = v.sub_(m).clamp_min_(-80.0).exp_()  # no subnormal exp results (see _log_normalise)
+        return e.sum(1).log_().add_(m.squeeze(1))
+
     def __call__(self, x: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
-        """[N, num_classes] log-likelihoods in self.dtype, on x's device."""
+        """Rows [N, D] (not centred) -> [N, num_classes] log-likelihoods in self.dtype, on x's device."""
         if x.shape[1] != self.dim:
             raise ValueError(f"GMMs have {self.dim} features, data has {x.shape[1]}")
         out = torch.full((x.shape[0], self.num_classes), -math.inf, dtype=self.dtype, device=x.device)
         for s in range(0, x.shape[0], batch_size):
             xb = x[s:s + batch_size].to(self.device, self.dtype) - self.shift
-            lp = torch.addmm(self.c[None], xb, self.a)
-            lp.addmm_(xb * xb, self.b)
-            ll = torch.logsumexp(lp.reshape(xb.shape[0], len(self.classes), self.kmax), 2)
-            out[s:s + batch_size, self.index] = ll.to(x.device)
+            out[s:s + batch_size, self.index] = self.columns(xb.T).T.to(x.device)
         return out
 
 
-def best_class(x: torch.Tensor, fast: ClassScorer, exact: ClassScorer, batch_size: int = 65536,
+def best_class(xc: torch.Tensor, fast: ClassScorer, exact: ClassScorer,
                tie_rtol: float = TIE_RTOL) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(best log-likelihood, argmax class, pixels re-scored) per row of x.
+    """(best log-likelihood [P], class [P], pixels re-scored) of centred features xc [D, P] (x - fast.shift).
 
-    Scores with `fast` (float32); rows whose two best classes are within tie_rtol * (1 + |best|)
-    are re-scored with `exact` (float64), so the labels are those of the float64 scorer wherever
-    float32's error is below that tolerance (measured and reported by `python -m bismap.bench scoring`).
+    Scores with `fast` (float32); pixels whose two best classes are within tie_rtol * (1 + |best|)
+    are re-scored with `exact` (float64, the same shift), so the labels are those of the float64
+    scorer wherever float32's error is below that tolerance (measured: `python -m bismap.bench scoring`).
     """
-    ll = fast(x, batch_size)
-    if ll.shape[1] < 2:
-        best, arg = ll.max(1)
-        return best, arg, 0
-    top, arg = ll.topk(2, dim=1)
-    best, arg = top[:, 0], arg[:, 0]
-    near = (top[:, 0] - top[:, 1]) <= tie_rtol * (1.0 + top[:, 0].abs())
+    ll = fast.columns(xc)
+    classes = fast.index.to(xc.device)
+    if ll.shape[0] < 2:
+        best, arg = ll.max(0)
+        return best, classes[arg], 0
+    top, arg = ll.topk(2, dim=0)
+    best, arg = top[0], arg[0]
+    near = (top[0] - top[1]) <= tie_rtol * (1.0 + top[0].abs())
     n_near = int(near.sum())
     if n_near:
-        b64, a64 = exact(x[near], batch_size).max(1)
-        best, arg = best.clone(), arg.clone()
+        b64, a64 = exact.columns(xc[:, near]).max(0)
         best[near], arg[near] = b64.to(best.dtype), a64
-    return best, arg, n_near
+    return best, classes[arg], n_near
 
 
 def class_log_likelihood(gmms: dict[int, DiagonalGMM], x: torch.Tensor, num_classes: int,

@@ -198,7 +198,7 @@ def test_fit_prototypes_reduces_and_skips(tmp_path) -> None:
         fit_prototypes.run(features_h5=bank, out_path=out, cfg=proto_cfg())
 
 
-def test_interp_matrix_matches_bilinear_align_corners() -> None:
+def test_upsampling_matches_bilinear_align_corners() -> None:
     from bismap.stages.pseudo_labels import upsampled_rows
 
     feat = torch.randn(3, 5, 7)

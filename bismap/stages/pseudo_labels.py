@@ -33,22 +33,6 @@ Predictor = Callable[[dict], tuple[np.ndarray, np.ndarray]]  # item -> (label ui
 
 
 # ----------------------------------------------------------------------------- upsampling
-def interp_matrix(n_out: int, n_in: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[n_out, n_in] linear interpolation weights with align_corners=True semantics."""
-    a = torch.zeros(n_out, n_in, dtype=torch.float64)
-    if n_in == 1 or n_out == 1:
-        a[:, 0] = 1.0
-        return a.to(dtype)
-    src = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / (n_out - 1)
-    lo = src.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = src - lo
-    rows = torch.arange(n_out)
-    a.index_put_((rows, lo), 1.0 - frac, accumulate=True)
-    a.index_put_((rows, hi), frac, accumulate=True)
-    return a.to(dtype)
-
-
 def interp_taps(n_out: int, n_in: int, device: torch.device | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(lo, hi, frac) of linear interpolation with align_corners=True: out[i] = lerp(in[lo], in[hi], frac)."""
@@ -61,20 +45,26 @@ def interp_taps(n_out: int, n_in: int, device: torch.device | None = None
     return lo.to(device), hi.to(device), (src - lo).float().to(device)
 
 
-def upsampled_rows(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (first row, [rows*W, D]) of feat [D,h,w] bilinearly upsampled (align_corners=True) to size.
+def upsampled_cols(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first row, [D, rows*W]) of feat [D,h,w] bilinearly upsampled (align_corners=True) to size.
 
-    Two taps per axis (gather + lerp): O(rows*W*D) per chunk, not the O(rows*W*w*D) of dense matrices.
+    Rows: two taps (gather + lerp) on the stride-4 map; columns: torch's fused linear interpolation
+    (the same align_corners=True mapping). Channel-major, as ClassScorer.columns takes it.
     """
     d = feat.shape[0]
-    ft = feat.permute(1, 2, 0)  # [h, w, D]: chunks come out pixel-major without a copy of the whole map
     ly, hy, fy = interp_taps(size[0], feat.shape[1], feat.device)
-    lx, hx, fx = interp_taps(size[1], feat.shape[2], feat.device)
-    fy, fx = fy.to(feat.dtype), fx.to(feat.dtype)
+    fy = fy.to(feat.dtype)
     for r0 in range(0, size[0], rows_per_chunk):
         r = slice(r0, r0 + rows_per_chunk)
-        t = torch.lerp(ft[ly[r]], ft[hy[r]], fy[r, None, None])  # [rows, w, D]
-        yield r0, torch.lerp(t[:, lx], t[:, hx], fx[None, :, None]).reshape(-1, d)
+        t = torch.lerp(feat[:, ly[r]], feat[:, hy[r]], fy[None, r, None])  # [D, rows, w]
+        out = torch.nn.functional.interpolate(t, size=size[1], mode="linear", align_corners=True)
+        yield r0, out.reshape(d, -1)
+
+
+def upsampled_rows(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first row, [rows*W, D]) (a transposed view of upsampled_cols)."""
+    for r0, cols in upsampled_cols(feat, size, rows_per_chunk):
+        yield r0, cols.T
 
 
 # ----------------------------------------------------------------------------- selection
@@ -221,8 +211,9 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
         out_score = np.empty((h, w), np.float64)
         rows = max(1, int(chunk_pixels) // w)
         logit_rows = upsampled_rows(logits[0], (h, w), rows) if need_logits else None
-        for r0, f in upsampled_rows(feat[0], (h, w), rows):
-            best, arg, _ = best_class(f, fast, exact, batch_size=max(1, int(chunk_pixels)))
+        centred = feat[0] - fast.shift.to(feat.device)[:, None, None]  # interpolation weights sum to 1
+        for r0, f in upsampled_cols(centred, (h, w), rows):
+            best, arg, _ = best_class(f, fast, exact)
             sc = best.double()
             if logit_rows is not None:
                 _, lg = next(logit_rows)
@@ -235,7 +226,7 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
                     arg = torch.where(arg == net_arg, arg, torch.full_like(arg, IGNORE))
                 elif rule == "network":
                     arg = net_arg
-            r1 = r0 + f.shape[0] // w
+            r1 = r0 + f.shape[1] // w
             label[r0:r1] = arg.reshape(-1, w).cpu().numpy().astype(np.uint8)
             out_score[r0:r1] = sc.reshape(-1, w).cpu().numpy()
         return label, out_score
