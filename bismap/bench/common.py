@@ -41,3 +41,18 @@ def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
     out = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(fmt(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
     return "\n".join(out)
+
+
+def profile_top(fn: Callable[[], Any], rows: int = 6) -> list[dict]:
+    """torch.profiler of one call: the `rows` operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in ops[:rows]]
+
+
+PROFILE_COLUMNS = [("op", "operator"), ("self_ms", "self CPU ms"), ("share", "share"), ("calls", "calls")]

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bismap.bench.common import best_time, table
+from bismap.bench.common import PROFILE_COLUMNS, best_time, profile_top, table
 from bismap.prototypes import DiagonalGMM
 
 
@@ -66,10 +66,13 @@ def run_one(n: int, d: int = 256, k: int = 8, iters: int = 20, threads: int | No
 
 def run(sizes: Sequence[int], d: int = 256, k: int = 8, iters: int = 20, repeats: int = 1) -> dict:
     rows = [run_one(n, d, k, iters, repeats=repeats) for n in sizes]
+    x = torch.from_numpy(synthetic_bank(sizes[0], d, k))
+    m0 = torch.from_numpy(start(x.numpy(), k, 0)[1])
+    prof = profile_top(lambda: DiagonalGMM(k, tol=0.0, max_iter=iters).fit(x, means_init=m0))
     for r in rows:
         print(f"bench gmm: N={r['n']}: scikit-learn {r['sklearn_s']} s, bismap {r['bismap_s']} s, "
               f"x{r['speedup']:.1f}, mean loglik rel. diff {r['ll_rel_diff']:.1e}", flush=True)
-    return {"rows": rows}
+    return {"rows": rows, "profile": prof, "profile_n": sizes[0]}
 
 
 def markdown(res: dict) -> str:
@@ -78,4 +81,6 @@ def markdown(res: dict) -> str:
                 ("n", "N"), ("d", "D"), ("k", "K"), ("iters", "EM iterations"), ("sklearn_s", "scikit-learn s"),
                 ("bismap_s", "bismap s"), ("speedup", "speed-up (scikit-learn / bismap)"),
                 ("ll_sklearn", "mean loglik scikit-learn"), ("ll_bismap", "mean loglik bismap"),
-                ("ll_rel_diff", "relative difference")]))
+                ("ll_rel_diff", "relative difference")])
+            + f"\n\nProfile of one bismap fit (N={res['profile_n']}, torch.profiler, self CPU time):\n\n"
+            + table(res["profile"], PROFILE_COLUMNS))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bismap.bench.common import best_time, default_config, table
+from bismap.bench.common import PROFILE_COLUMNS, best_time, default_config, profile_top, table
 from bismap.prototypes import TIE_RTOL, DiagonalGMM, class_log_likelihood
 
 NUM_CLASSES = 19
@@ -50,7 +50,8 @@ def reference_labels(feat: torch.Tensor, gmms: dict, size: tuple[int, int]) -> t
     return torch.cat(labels), torch.cat(gaps)
 
 
-def run_one(size: tuple[int, int], feature_dim: int, k: int = 8, repeats: int = 1, seed: int = 0) -> dict[str, Any]:
+def run_one(size: tuple[int, int], feature_dim: int, k: int = 8, repeats: int = 1, seed: int = 0,
+            profile: bool = False) -> dict[str, Any]:
     from bismap.models import build_model
     from bismap.stages.pseudo_labels import gmm_predictor
     from bismap.stages.source_features import forward, to_input
@@ -76,21 +77,24 @@ def run_one(size: tuple[int, int], feature_dim: int, k: int = 8, repeats: int = 
     ties = gap <= TIE_RTOL
     diff = got != ref
     t_score = max(t_pred - t_fwd, 0.0)
+    prof = profile_top(lambda: predict(item), rows=8) if profile else None
     px = size[0] * size[1]
     return {"size": f"{size[0]}x{size[1]}", "d": feature_dim, "k": k, "pixels": px,
             "forward_s": t_fwd, "predict_s": t_pred, "scoring_s": t_score, "share": t_score / t_pred,
             "scoring_px_s": px / t_score if t_score > 0 else math.inf, "forward_px_s": px / t_fwd,
-            "ties": int(ties.sum()), "differ": int(diff.sum()), "mismatch": int((diff & ~ties).sum())}
+            "ties": int(ties.sum()), "differ": int(diff.sum()), "mismatch": int((diff & ~ties).sum()),
+            "profile": prof}
 
 
 def run(sizes: list[tuple[int, int, int]], repeats: int = 1) -> dict:
     rows = []
-    for h, w, d in sizes:
-        r = run_one((h, w), d, repeats=repeats)
+    for i, (h, w, d) in enumerate(sizes):
+        r = run_one((h, w), d, repeats=repeats, profile=i == len(sizes) - 1)
         print(f"bench scoring: {r['size']} D={d}: forward {r['forward_s']:.3f} s, scoring {r['scoring_s']:.3f} s, "
               f"share {r['share']:.1%}, ties {r['ties']}, mismatches {r['mismatch']}", flush=True)
         rows.append(r)
-    return {"rows": rows, "tie_rtol": TIE_RTOL}
+    return {"rows": rows, "tie_rtol": TIE_RTOL, "profile": rows[-1].pop("profile"),
+            "profile_size": rows[-1]["size"]}
 
 
 def markdown(res: dict) -> str:
@@ -100,4 +104,6 @@ def markdown(res: dict) -> str:
                 ("scoring_s", "scoring s"), ("share", "scoring share of the stage"),
                 ("scoring_px_s", "scoring pixels/s"), ("forward_px_s", "forward pixels/s"),
                 ("ties", "near-tie pixels (re-scored)"), ("differ", "labels != float64"),
-                ("mismatch", "of which outside the tolerance")]))
+                ("mismatch", "of which outside the tolerance")])
+            + f"\n\nProfile of the predictor on one {res['profile_size']} image (torch.profiler, self CPU time; "
+            "the forward's convolutions are part of it):\n\n" + table(res["profile"], PROFILE_COLUMNS))
