@@ -28,6 +28,20 @@ def best_time(fn: Callable[[], Any], repeats: int = 1, warmup: int = 0) -> float
     return best
 
 
+def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of `repeats` calls after `warmup` untimed ones (robust to a burst of other jobs)."""
+    import statistics
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         if v == 0 or math.isinf(v) or math.isnan(v):

@@ -132,11 +132,14 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
                     out_checkpoint=Path(tmp) / "bench.pt", fingerprint="benchmark", ema_decay=0.999, device=device,
                     model_config=spec["model"], tensorboard_dir=None)
     rate = iters / (times[warmup + iters] - times[warmup])
+    steps = sorted(b - a for a, b in zip(times[warmup:warmup + iters], times[warmup + 1:warmup + iters + 1]))
+    median = steps[len(steps) // 2] if len(steps) % 2 else (steps[len(steps) // 2 - 1] + steps[len(steps) // 2]) / 2
     return {"setting": setting, "step": step, "device": str(device), "gpu": torch.cuda.get_device_name(device)
             if device.type == "cuda" else None, "threads": n_threads,
             "amp": dev.resolve_amp(amp, device).name, "channels_last": channels_last and device.type == "cuda",
             "crop": list(spec["crop"]), "batch": f"{bs}+{bs}", "iters": iters, "warmup": warmup,
-            "it_per_s": round(rate, 4), "s_per_it": round(1 / rate, 3), "peak_memory_mb": round(peak_memory_mb(device)),
+            "it_per_s": round(rate, 4), "s_per_it": round(1 / rate, 3),
+            "s_per_it_median": median, "peak_memory_mb": round(peak_memory_mb(device)),
             "peak_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None}
 
 

@@ -7,8 +7,11 @@ threshold, or per class: per-class diagonal Gaussians give near one-hot posterio
 useful confidence is the likelihood itself, and a per-class percentile keeps the same share
 of every class instead of letting one global number favour the compact classes.
 
-Upsampling and scoring run in chunks of output rows (separable interpolation matrices), so
-a 1024x2048 image never needs its full [D, H, W] feature map in memory.
+Upsampling and scoring run in chunks of output rows (two-tap interpolation), so a 1024x2048
+image never needs its full [D, H, W] feature map in memory. Class scores are float32 matmuls
+on features centred before upsampling; pixels whose two best classes are within
+prototypes.TIE_RTOL are re-scored in float64, so the labels are the float64 scorer's (checked,
+and timed against the network forward, by `python -m bismap.bench scoring`).
 
 The two-pass thresholding driver here is shared with the naive baseline (naive_labels).
 """
