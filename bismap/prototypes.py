@@ -369,9 +369,9 @@ def best_class(xc: torch.Tensor, fast: ClassScorer, exact: ClassScorer,
     if ll.shape[0] < 2:
         best, arg = ll.max(0)
         return best, classes[arg], 0
-    top, arg = ll.topk(2, dim=0)
-    best, arg = top[0], arg[0]
-    near = (top[0] - top[1]) <= tie_rtol * (1.0 + top[0].abs())
+    best, arg = ll.max(0)
+    second = ll.scatter_(0, arg[None], -math.inf).amax(0)  # ll is not needed any more
+    near = (best - second) <= tie_rtol * (1.0 + best.abs())
     n_near = int(near.sum())
     if n_near:
         b64, a64 = exact.columns(xc[:, near]).max(0)

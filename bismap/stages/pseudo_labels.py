@@ -207,17 +207,20 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
     exact = ClassScorer(allowed, NUM_CLASSES, torch.float64)
 
     def predict(item: dict) -> tuple[np.ndarray, np.ndarray]:
-        x = to_input([item], mean, std, device)
-        feat, logits = forward(model, x, flip)
-        h, w = item["image"].shape[:2]
+        feat, logits = forward(model, to_input([item], mean, std, device), flip)
+        return label_features(feat, logits, item["image"].shape[:2])
+
+    def label_features(feat: torch.Tensor, logits: torch.Tensor, size: tuple[int, int]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Everything after the forward: upsampling, class scores, rule and score (timed by bismap.bench)."""
+        h, w = size
         label = np.empty((h, w), np.uint8)
         out_score = np.empty((h, w), np.float64)
         rows = max(1, int(chunk_pixels) // w)
         logit_rows = upsampled_rows(logits[0], (h, w), rows) if need_logits else None
         centred = feat[0] - fast.shift.to(feat.device)[:, None, None]  # interpolation weights sum to 1
         for r0, f in upsampled_cols(centred, (h, w), rows):
-            best, arg, _ = best_class(f, fast, exact)
-            sc = best.double()
+            sc, arg, _ = best_class(f, fast, exact)
             if logit_rows is not None:
                 _, lg = next(logit_rows)
                 if mask is not None:
@@ -234,6 +237,7 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
             out_score[r0:r1] = sc.reshape(-1, w).cpu().numpy()
         return label, out_score
 
+    predict.label_features = label_features  # type: ignore[attr-defined]
     return predict
 
 
