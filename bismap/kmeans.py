@@ -67,7 +67,7 @@ def _lloyd(x: torch.Tensor, c: torch.Tensor, gen: torch.Generator, max_iter: int
             idx = (c2[None] - 2.0 * xb @ cx.T).argmin(1)  # ||x||^2 does not change the argmin
             onehot = torch.zeros(xb.shape[0], k, dtype=x.dtype, device=x.device).scatter_(1, idx[:, None], 1.0)
             sums += (onehot.T @ xb).double()  # exact for float64 x; float32 partial sums per batch otherwise
-            counts += onehot.sum(0, dtype=torch.float64)
+            counts += onehot.sum(0).double()  # exact: a batch has < 2^24 rows
         new = c.clone()
         full = counts > 0
         new[full] = sums[full] / counts[full, None]

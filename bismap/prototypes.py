@@ -95,7 +95,7 @@ class DiagonalGMM:
         lo = x.min(0).values.double()
         span = x.max(0).values.double() - lo
         span[span <= 0] = 1.0
-        xn = ((x.double() - lo) / span).to(self.dtype)
+        xn = (x.to(self.dtype) - lo.to(self.dtype)) / span.to(self.dtype)  # no float64 copy of the bank
         c = kmeans_best_draw(xn, self.n_components, seed=seed, n_draws=self.kmeans_n_init,
                              max_iter=self.kmeans_max_iter, tol=self.kmeans_tol, batch_size=self.batch_size)
         return c.to(self.device) * span + lo
