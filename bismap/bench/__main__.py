@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc = [f"# Performance\n\nMeasured by `{cmd}` on {now}.\n\nMachine: {machine()}. Every figure is a ratio "
            "against a reference measured in the same run on the same machine; the machine was shared with other "
-           "jobs, so absolute times are upper bounds (timings are the best of the repeats).\n"]
+           "jobs, so absolute times are upper bounds (timings are the best of the repeats; training steps "
+           "the median of the iterations).\n"]
     doc += [goals(results)] if goals(results) else []
     doc += [f"## {TITLES[p]}\n\n{mods[p].markdown(results[p])}\n" for p in parts]
     text = "\n".join(doc)
