@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from bismap import benchmark
+from bismap import sweep as benchmark
 from bismap.io import InputError
 
 

@@ -62,7 +62,7 @@ def test_predict_writes_labels_and_overlays(tmp_path) -> None:
 
 
 def test_predict_overlay_blend_and_errors(tmp_path, capsys) -> None:
-    from bismap.cli_predict import overlay
+    from bismap.cli.predict import overlay
 
     img = np.full((2, 2, 3), 100, np.uint8)
     lab = np.array([[0, 255], [0, 0]], np.uint8)

@@ -71,7 +71,7 @@ def test_config_validation():
 def test_cli_synth(tmp_path):
     import argparse
 
-    from bismap import cli_synth
+    from bismap.cli import synth as cli_synth
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("synthetic:\n  height: 16\n  width: 32\n  n_source: 2\n  n_target_train: 1\n  n_target_val: 1\n  workers: 1\n")

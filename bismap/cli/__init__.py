@@ -1,6 +1,6 @@
 """`bismap` command line: one subcommand per user-facing tool.
 
-Subcommands live in their own modules (`cli_<name>.py`) exposing `add_parser(subparsers)`;
+Subcommands live in their own modules (`cli/<name>.py`) exposing `add_parser(subparsers)`;
 this file only dispatches and turns input errors into one-line messages.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bismap", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"bismap.cli_{name}").add_parser(sub)
+        importlib.import_module(f"bismap.cli.{name}").add_parser(sub)
     return parser
 
 

@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_cli(args: argparse.Namespace) -> int:
     import yaml
 
-    from bismap import benchmark
+    from bismap import sweep as benchmark
 
     spec = benchmark.load_spec(args.spec)
     if args.cores is not None:
