@@ -84,3 +84,18 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
     # temporary name would then make identical checkpoints differ byte for byte.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+def load_torch_file(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """A dict saved by save_torch with `"format": fmt`; InputError naming the file otherwise."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {what} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise InputError(f"{path}: not a readable {what} ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise InputError(f"{path}: not a {fmt} {what}")
+    return obj

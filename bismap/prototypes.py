@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from bismap.io import InputError, load_torch_file
+
 __all__ = ["kmeans", "DiagonalGMM", "class_log_likelihood"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -354,3 +356,15 @@ def class_log_likelihood(gmms: dict[int, DiagonalGMM], x: torch.Tensor, num_clas
         ll = torch.logsumexp(lp.reshape(xb.shape[0], len(classes), kmax), 2)
         out[s:s + batch_size, idx] = ll.to(x.device)
     return out
+
+
+PROTOTYPES_FORMAT = "bismap-gmm/1"  # the file fit_prototypes writes
+
+
+def load_prototypes(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[int, DiagonalGMM], dict]:
+    """Read a prototypes file written by run(): ({class: fitted GMM}, the raw dict)."""
+    obj = load_torch_file(path, PROTOTYPES_FORMAT, "prototypes file")
+    gmms = {int(c): DiagonalGMM(device=device).load_state_dict(s) for c, s in obj["classes"].items()}
+    if not gmms:
+        raise InputError(f"{path}: prototypes file holds no class GMM")
+    return gmms, obj

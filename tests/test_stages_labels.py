@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from bismap.io import InputError
+from bismap.prototypes import load_prototypes
 
 torch.set_num_threads(1)
 
@@ -182,7 +183,7 @@ def test_fit_prototypes_reduces_and_skips(tmp_path) -> None:
     assert obj["format"] == "bismap-gmm/1" and obj["feature_dim"] == 4
     assert set(obj["classes"]) == {0, 1} and obj["components"] == {0: 4, 1: 2}
     assert obj["skipped"] == [c for c in range(19) if c not in (0, 1)]
-    gmms, _ = fit_prototypes.load_prototypes(out)
+    gmms, _ = load_prototypes(out)
     assert gmms[0].means_.mean().item() == pytest.approx(0, abs=0.3)
     with pytest.raises(InputError, match="bank.h5"):
         with h5py.File(bank, "a") as f:
@@ -200,7 +201,7 @@ def test_interp_matrix_matches_bilinear_align_corners() -> None:
 
 
 def test_percentile_selection_leaves_requested_share() -> None:
-    from bismap.stages.pseudo_labels import apply_selection, percentile_thresholds, sample_scores
+    from bismap.engine.labelling import apply_selection, percentile_thresholds, sample_scores
 
     rng = np.random.default_rng(0)
     labels = [rng.choice([1, 4, 7], size=(20, 30), p=[0.6, 0.3, 0.1]).astype(np.uint8) for _ in range(5)]
@@ -293,7 +294,7 @@ def test_missing_inputs_name_the_file(tmp_path) -> None:
         fit_prototypes.run(features_h5=tmp_path / "nope.h5", out_path=tmp_path / "x.pt", cfg={})
     (tmp_path / "bad.pt").write_bytes(b"not torch")
     with pytest.raises(InputError, match="bad.pt"):
-        fit_prototypes.load_prototypes(tmp_path / "bad.pt")
+        load_prototypes(tmp_path / "bad.pt")
     with pytest.raises(InputError, match="nope.pt"):
         pseudo_labels.run(checkpoint=tmp_path / "c.pt", prototypes=tmp_path / "nope.pt", target={}, target_gt=None,
                           out_dir=tmp_path / "o", out_quality=tmp_path / "q.json", cfg={}, data=DATA)

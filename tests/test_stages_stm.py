@@ -89,13 +89,13 @@ def test_class_entropy_from_data(tmp_path, fixed_model) -> None:
                                             ("official_gta5", "sky", 0.0), ("official_synthia", "road", 0.203),
                                             ("official_synthia", "motorcycle", 1.0), ("official_synthia", "fence", 0.908)])
 def test_class_entropy_official_tables(tmp_path, mode, cls, value) -> None:
-    from bismap.stages import class_entropy
+    from bismap.stages import class_entropy, stm_maps
 
     out = tmp_path / "e.json"
     class_entropy.run(checkpoint=tmp_path / "unused.pt", source={}, out_json=out, cfg={"mode": mode})
     e = json.loads(out.read_text())
     assert e["normalised"][cls] == pytest.approx(value, abs=1e-3)
-    assert class_entropy.read_normalised(out)[0] == pytest.approx(e["normalised"]["road"])
+    assert stm_maps.read_normalised(out)[0] == pytest.approx(e["normalised"]["road"])
 
 
 # ----------------------------------------------------------------------------- STM math

@@ -212,7 +212,8 @@ def test_killed_warmup_resumes_to_the_same_weights(tiny, monkeypatch, capsys) ->
 
 
 def test_warmup_is_deterministic_and_fingerprint_tracks_config(tiny) -> None:
-    from bismap.stages import common, warmup
+    from bismap.engine.fingerprint import fingerprint, train_for_fingerprint
+    from bismap.stages import warmup
 
     a, b = tiny["tmp"] / "a.pt", tiny["tmp"] / "b.pt"
     for out in (a, b):
@@ -220,11 +221,11 @@ def test_warmup_is_deterministic_and_fingerprint_tracks_config(tiny) -> None:
                    data=DATA, threads=1)
     sa, sb = torch.load(a, weights_only=True)["model"], torch.load(b, weights_only=True)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    f1 = common.fingerprint(train=train_cfg(2), model=MODEL)
-    assert f1 == common.fingerprint(model=dict(MODEL), train=train_cfg(2))
-    assert f1 != common.fingerprint(train=train_cfg(3), model=MODEL)
+    f1 = fingerprint(train=train_cfg(2), model=MODEL)
+    assert f1 == fingerprint(model=dict(MODEL), train=train_cfg(2))
+    assert f1 != fingerprint(train=train_cfg(3), model=MODEL)
     # speed-only keys do not invalidate a resume
-    assert common.train_for_fingerprint(train_cfg(2, log_every=7)) == common.train_for_fingerprint(train_cfg(2))
+    assert train_for_fingerprint(train_cfg(2, log_every=7)) == train_for_fingerprint(train_cfg(2))
 
 
 def test_warmup_as_oracle_on_target_ground_truth(tiny) -> None:
@@ -246,13 +247,13 @@ def st_cfg(weight: float, use_stm: bool) -> dict:
 
 
 def test_self_training_full_losses(tiny, capsys, monkeypatch) -> None:
-    from bismap.stages import common, self_training
+    from bismap.stages import self_training
 
     target = write_labels(tiny["tmp"] / "pseudo", tiny["target"], lambda it: it["label"])
     stm = write_stm(tiny["tmp"] / "stm.h5", tiny["source"], 0)   # all-zero STM: weighted source CE must vanish
     seen = []
-    build_view = common.build_view
-    monkeypatch.setattr(common, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
+    build_view = self_training.build_view
+    monkeypatch.setattr(self_training, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
     out = tiny["tmp"] / "st.pt"
     self_training.run(source=tiny["source"], target=target, stm_maps=stm, out_checkpoint=out, model=MODEL,
                       train=train_cfg(3), augment=AUGMENT, cfg=st_cfg(30.0, True), data=DATA, threads=1)
@@ -269,7 +270,7 @@ def test_self_training_full_losses(tiny, capsys, monkeypatch) -> None:
 
 def test_naive_self_training_needs_no_strong_view_stm_or_ema(tiny, capsys, monkeypatch) -> None:
     """consistency.weight 0 + use_stm false: the naive baseline (labels with ignore pixels)."""
-    from bismap.stages import common, self_training
+    from bismap.stages import self_training
 
     def naive(item):
         lab = item["label"].copy()
@@ -278,8 +279,8 @@ def test_naive_self_training_needs_no_strong_view_stm_or_ema(tiny, capsys, monke
 
     target = write_labels(tiny["tmp"] / "naive", tiny["target"], naive)
     seen = []
-    build_view = common.build_view
-    monkeypatch.setattr(common, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
+    build_view = self_training.build_view
+    monkeypatch.setattr(self_training, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
     out = tiny["tmp"] / "naive.pt"
     cfg = st_cfg(0.0, False)
     del cfg["consistency"]["ema_decay"], cfg["consistency"]["rampup"], cfg["strong"]  # not needed when off

@@ -87,12 +87,12 @@ def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Pat
     from PIL import Image
 
     from bismap.data.labels import save_label_png
-    from bismap.data.readers import read_rgb
+    from bismap.data.image_io import read_rgb
     from bismap.engine.checkpoint import load_model
     from bismap.engine.device import resolve_device, set_threads
     from bismap.evaluation.export import export_labelids, labelids_file_name
     from bismap.io import atomic_path
-    from bismap.stages.common import predict_labels
+    from bismap.engine.inference import predict_labels
 
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"--alpha: must be in [0, 1], got {alpha}")

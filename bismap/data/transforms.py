@@ -16,9 +16,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageEnhance, ImageOps
 
+from bismap.data.labels import IGNORE_INDEX
 from bismap.io import InputError
-
-IGNORE_INDEX = 255
 
 DEFAULT_AUGMENT: dict[str, Any] = {
     "scale": [0.5, 1.5],      # relative random resize factor range

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bismap.io import InputError, read_json, write_json
-from bismap.stages.source_features import (IGNORE, NUM_CLASSES, iter_batches, load_warmup, mean_std, open_spec,
-                                           setup_device, to_input)
+from bismap.io import InputError, write_json
+from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.engine.inference import iter_batches, to_input
+from bismap.engine.stage_setup import load_warmup, mean_std, open_spec, setup_device
 
 # H_c of the original's source_transferability_map.py (trainId order road..bicycle)
 OFFICIAL = {
@@ -65,17 +66,6 @@ def table(mode: str, raw: dict[int, float], pixels: dict[int, int] | None, prese
         "pixels": None if pixels is None else {names[c]: int(pixels.get(c, 0)) for c in range(NUM_CLASSES)},
         "absent": [names[c] for c in range(NUM_CLASSES) if c not in present],
     }
-
-
-def read_normalised(path: str | os.PathLike) -> np.ndarray:
-    """The normalised entropy per trainId (float [19]) from a class-entropy json."""
-    obj = read_json(path)
-    names = class_names()
-    try:
-        norm = obj["normalised"]
-        return np.array([float(norm.get(n) or 0.0) for n in names], dtype=np.float64)
-    except (TypeError, KeyError, AttributeError, ValueError):
-        raise InputError(f"{path}: not a class-entropy json (needs a 'normalised' mapping)") from None
 
 
 def run(*, checkpoint: str | os.PathLike, source: dict, out_json: str | os.PathLike, cfg: dict,

@@ -14,7 +14,8 @@ import torch
 
 from bismap.evaluation.confusion import ConfusionMatrix
 from bismap.io import InputError
-from bismap.stages import common
+from bismap.engine.inference import predict_label_maps
+from bismap.engine.stage_setup import require, setup_device
 
 SECTION = "evaluation"
 
@@ -25,7 +26,7 @@ def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device) -> t
     n = len(dataset)
     every = max(n // 10, 1)
     for k, (name, file, pred, label) in enumerate(
-            common.predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
+            predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
                                       device=device, workers=int(data.get("workers", 0)))):
         if label is None:
             raise InputError(f"{file}: evaluation image has no ground truth")
@@ -42,10 +43,10 @@ def run(*, checkpoint: str | Path, target: dict, out_json: str | Path, out_confu
     from bismap.engine.checkpoint import load_model
     from bismap.evaluation.metrics import write_metrics
 
-    device = common.setup(threads, data)
-    scales = [float(s) for s in common.require(cfg, "scales", SECTION)]
-    flip = bool(common.require(cfg, "flip", SECTION))
-    protocol = str(common.require(cfg, "protocol", SECTION))
+    device = setup_device(threads, data)
+    scales = [float(s) for s in require(cfg, "scales", SECTION)]
+    flip = bool(require(cfg, "flip", SECTION))
+    protocol = str(require(cfg, "protocol", SECTION))
     dataset = open_dataset(target)
     if not dataset.has_labels:
         raise InputError(f"{target.get('root')}: the evaluation split needs ground truth (labels: none given)")

@@ -12,43 +12,7 @@ import torch
 
 from bismap.io import InputError, save_torch
 from bismap.prototypes import kmeans
-from bismap.stages.source_features import check_file
-
-FORMAT = "bismap-kmeans/1"
-
-
-def open_grid_features(path: str | os.PathLike, part: str):
-    """(open h5py File, `part` dataset [N,G,C], names) of an stm_features file; InputError naming it otherwise.
-
-    The dataset is read lazily (the GTA5 source grid is several GB); the caller closes the file.
-    """
-    import h5py
-
-    check_file(path, "STM feature file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise InputError(f"{path}: not an HDF5 file") from None
-    if part not in f or f"{part}_names" not in f:
-        f.close()
-        raise InputError(f"{path}: no `{part}` / `{part}_names` datasets (not an stm_features file?)")
-    x = f[part]
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[f"{part}_names"][()]]
-    if x.ndim != 3 or x.shape[0] != len(names):
-        f.close()
-        raise InputError(f"{path}: `{part}` must be [N, G, C] with one row per name")
-    return f, x, names
-
-
-def load_centroids(path: str | os.PathLike) -> torch.Tensor:
-    check_file(path, "STM prototypes file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable prototypes file ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise InputError(f"{path}: not a {FORMAT} file")
-    return obj["centroids"].double()
+from bismap.stm_files import CENTROIDS_FORMAT, open_grid_features
 
 
 def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
@@ -72,5 +36,5 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
                      max_iter=int(cfg.get("kmeans_max_iter", 300)), tol=float(cfg.get("kmeans_tol", 1e-4)),
                      device=device)
     print(f"stm_prototypes: cost {cost:.4g}", flush=True)
-    save_torch(out_path, {"format": FORMAT, "centroids": c, "k": k, "seed": seed, "cost": cost,
+    save_torch(out_path, {"format": CENTROIDS_FORMAT, "centroids": c, "k": k, "seed": seed, "cost": cost,
                           "samples": int(x.shape[0])})

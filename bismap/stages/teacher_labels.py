@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bismap.io import InputError, atomic_dir, write_json
-from bismap.stages import common
+from bismap.engine.inference import predict_label_maps
+from bismap.engine.stage_setup import require, setup_device
 
 SECTION = "teacher_labels"
 
@@ -23,8 +24,8 @@ def adapt_if_enabled(model, dataset, cfg: dict, data: dict, device, section: str
     adabn = cfg.get("adabn") or {}
     if not bool(adabn.get("enabled", False)):
         return 0
-    used = adapt_batchnorm(model, dataset, max_images=int(common.require(adabn, "max_images", f"{section}.adabn")),
-                           batch_size=int(common.require(adabn, "batch_size", f"{section}.adabn")),
+    used = adapt_batchnorm(model, dataset, max_images=int(require(adabn, "max_images", f"{section}.adabn")),
+                           batch_size=int(require(adabn, "batch_size", f"{section}.adabn")),
                            mean=data["mean"], std=data["std"], device=device)
     print(f"AdaBN: batch-norm statistics re-estimated on {used} target images", flush=True)
     return used
@@ -38,9 +39,9 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     from bismap.engine.checkpoint import load_model
     from bismap.evaluation.quality import label_quality
 
-    device = common.setup(threads, data)
-    scales = [float(s) for s in common.require(cfg, "scales", SECTION)]
-    flip = bool(common.require(cfg, "flip", SECTION))
+    device = setup_device(threads, data)
+    scales = [float(s) for s in require(cfg, "scales", SECTION)]
+    flip = bool(require(cfg, "flip", SECTION))
     model = load_model(str(checkpoint), device=device, which="model")
     dataset = open_dataset(target)
     if len(dataset) == 0:
@@ -54,7 +55,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
 
     def labelled(tmp: Path):
         for k, (name, file, pred, _) in enumerate(
-                common.predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"],
+                predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"],
                                           std=data["std"], device=device, workers=int(data.get("workers", 0)))):
             save_label_png(tmp / file, pred)
             truth = None

@@ -8,8 +8,9 @@ the original ships no warm-up config, so this is the simplest faithful choice.
 from __future__ import annotations
 
 from pathlib import Path
+from bismap.engine.fingerprint import data_for_fingerprint, fingerprint, spec_signature, train_for_fingerprint
+from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, normalisation, require, setup_device
 
-from bismap.stages import common
 
 
 def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict,
@@ -18,11 +19,11 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, a
     from bismap.engine import trainer
     from bismap.losses import weighted_cross_entropy
 
-    device = common.setup(threads, data)
-    seed = int(common.require(train, "seed", "train"))
-    view = common.build_view(source, augment, data, seed=common.derive_seed(seed, "source-view"))
-    streams = {"source": common.build_stream(view, train, data, seed=common.derive_seed(seed, "source-stream"))}
-    net = common.build_seeded_model(model, seed)
+    device = setup_device(threads, data)
+    seed = int(require(train, "seed", "train"))
+    view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"))
+    streams = {"source": build_stream(view, train, data, seed=derive_seed(seed, "source-stream"))}
+    net = build_seeded_model(model, seed)
 
     def loss_fn(ctx):
         batch = ctx.batches["source"]
@@ -30,9 +31,9 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, a
             _, logits = ctx.model(batch["image"])
         return {"ce": weighted_cross_entropy(logits.float(), batch["label"])}
 
-    fp = common.fingerprint(stage="warmup", source=common.spec_signature(source), model=model,
-                            train=common.train_for_fingerprint(train), augment=augment,
-                            data=common.data_for_fingerprint(data))
+    fp = fingerprint(stage="warmup", source=spec_signature(source), model=model,
+                            train=train_for_fingerprint(train), augment=augment,
+                            data=data_for_fingerprint(data))
     trainer.fit(model=net, loss_fn=loss_fn, streams=streams, train_cfg=train,
                 out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=None, device=device,
-                model_config=model, extra_state={"data": common.normalisation(data)})
+                model_config=model, extra_state={"data": normalisation(data)})
