@@ -38,3 +38,13 @@ def test_class_count_and_ignore_index_are_defined_once() -> None:
                 defined += [(n, path.relative_to(PACKAGE).as_posix())
                             for n in names & {"NUM_CLASSES", "IGNORE_INDEX", "IGNORE"}]
     assert sorted(defined) == [("IGNORE_INDEX", "data/labels.py"), ("NUM_CLASSES", "data/labels.py")]
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """A newcomer reads a module in one sitting: split a long one by what its parts are."""
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
