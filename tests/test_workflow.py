@@ -250,6 +250,11 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {
         "pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
         "report": 1, "all": 1}
+    # `bismap benchmark` reads the same answer from Snakemake's --detailed-summary table.
+    from bismap.sweep import rerun_roots
+    summ = snakemake(wf, "--detailed-summary", "--nolock", "--cores", "2", "--configfile", "configs/tiny.yaml", str(edit))
+    assert summ.returncode == 0, summ.stderr[-3000:]
+    assert rerun_roots(summ.stdout) == (["pseudo_labels"], False, False), summ.stdout
 
     # A report key touches only the report.
     edit = tmp_path / "rep.yaml"
