@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of the self-training step, for the README.
+"""Training throughput and peak memory of the self-training step, for docs/internals.md.
 
 Not a test. Runs bismap.engine.trainer.fit (optimizer, schedule, EMA, AMP exactly as the stages
 use them) on in-memory random crops with the self-training step's shape: student forward +

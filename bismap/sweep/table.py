@@ -100,7 +100,7 @@ def plot_rows(table: dict) -> list[tuple[str, str, float | None, float | None]]:
 
 
 def text_plot(table: dict, width: int = 50) -> str:
-    """The plot as text bars (for terminals and the README): one '#' per 100/width mIoU points."""
+    """The plot as text bars (for terminals and docs/results.md): one '#' per 100/width mIoU points."""
     lines = ["target-val mIoU (%), mean ± std over seeds (n)"]
     rows = plot_rows(table)
     label_w = max([len(f"{a}: {m}") for a, m, _, _ in rows] + [10])
