@@ -1,4 +1,4 @@
-"""`bismap benchmark`: run the pipeline per (seed, ablation) and tabulate mean ± std mIoU (issue #7)."""
+"""`bismap benchmark`: run the pipeline per (seed, ablation) and tabulate mean ± std mIoU."""
 from __future__ import annotations
 
 import argparse
