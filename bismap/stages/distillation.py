@@ -93,5 +93,6 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_chec
                             data=data_for_fingerprint(data))
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg, teacher), streams=streams,
                 train_cfg=train, out_checkpoint=Path(out_checkpoint), fingerprint=fp,
+                log_every=train["log_every"], checkpoint_every=train["checkpoint_every"],
                 ema_decay=None, device=device,
                 model_config=student_cfg, extra_state={"data": normalisation(data)})

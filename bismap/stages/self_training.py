@@ -116,5 +116,6 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoi
                             data=data_for_fingerprint(data))
     ema_decay = float(require(cons, "ema_decay", "self_training.consistency")) if use_consistency else None
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg), streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=ema_decay, device=device,
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=train["log_every"],
+                checkpoint_every=train["checkpoint_every"], ema_decay=ema_decay, device=device,
                 model_config=model, extra_state={"data": normalisation(data)})

@@ -35,5 +35,6 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, a
                             train=train_for_fingerprint(train), augment=augment,
                             data=data_for_fingerprint(data))
     trainer.fit(model=net, loss_fn=loss_fn, streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=None, device=device,
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=train["log_every"],
+                checkpoint_every=train["checkpoint_every"], ema_decay=None, device=device,
                 model_config=model, extra_state={"data": normalisation(data)})
