@@ -10,6 +10,7 @@ from torch import nn
 
 from bismap.engine import checkpoint, inference, optim, stream, trainer
 from bismap.io import InputError
+from conftest import TINY_MODEL
 
 torch.set_num_threads(1)
 
@@ -353,8 +354,7 @@ def test_fit_requires_model_config(tmp_path):
 def test_fit_and_load_model_with_real_deeplab(tmp_path):
     """Integration with bismap.models: a 2-iteration fit of the embedded model, rebuilt by load_model."""
     models = pytest.importorskip("bismap.models")
-    cfg = {"backbone": "resnet18", "weights": "none", "aspp_channels": 16, "decoder_channels": 16,
-           "low_level_channels": 8, "num_classes": 19}
+    cfg = dict(TINY_MODEL)
     torch.manual_seed(0)
     net = models.build_model(cfg)
 

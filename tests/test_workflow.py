@@ -135,6 +135,7 @@ def test_gpu_resource_follows_use_gpu(wf, tmp_path):
 @pytest.mark.parametrize("content, needle", [
     ("foo: 1\n", "unknown key foo"),
     ("train: {iteratons: 5}\n", "unknown key train.iteratons"),
+    ("train: {log_every: 5}\n", "unknown key train.log_every"),  # moved to runtime
     ("stm: {k: many}\n", "stm.k: 'many' is not of type 'integer'"),
     ("train_overrides: {distillation: {lr: -1}}\n", "train_overrides.distillation.lr"),
     ("stylize: {method: cyclegan}\n", "stylize.method"),
@@ -217,6 +218,31 @@ def test_paper_configs_validate(wf, tmp_path, name):
 
 
 # ------------------------------------------------------------------------------------ real run
+# Config edits against a finished tiny run, and the jobs each must rerun (exactly: nothing upstream).
+EXACT_RERUNS = [
+    # A distillation key: both rounds, round 2's teacher labels (downstream of round 1), their
+    # evaluations and the summary.
+    ("distillation: {kd: {weight: 0.5}}\n",
+     {"distillation": 2, "teacher_labels": 1, "evaluate": 2, "report": 1, "all": 1}),
+    # A pseudo-label key: pseudo labels and everything downstream; not warm-up, STM or baselines.
+    ("pseudo_labels: {percentile: 40.0}\n",
+     {"pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3, "report": 1,
+      "all": 1}),
+    # A k-means key of the STM: prototypes, maps and what they feed; not the grid features
+    # (each STM rule gets only the `stm` keys its stage reads).
+    ("stm: {k: 4}\n",
+     {"stm_prototypes": 1, "stm_maps": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
+      "report": 1, "all": 1}),
+    # Speed-only knobs live in `runtime`, which is no param: nothing reruns.
+    ("runtime: {log_every: 5, checkpoint_every: 7, workers: 1, synthetic_workers: 2, device: cpu}\n", {}),
+    # One more distillation round: that round's labels, training and evaluation, and the report;
+    # rounds 1 and 2 do not depend on how many rounds follow them.
+    ("distillation: {rounds: 3}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1, "all": 1}),
+    # A report key touches only the report.
+    ("report: {samples: 1}\n", {"report": 1, "all": 1}),
+]
+
+
 @pytest.mark.slow
 def test_tiny_run_then_exact_reruns(wf, tmp_path):
     proc = snakemake(wf, "--cores", "2", "--configfile", "configs/tiny.yaml", timeout=900)
@@ -237,24 +263,10 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     assert again.returncode == 0 and job_counts(again.stdout) == {}, again.stdout
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    # A distillation key: both rounds, round 2's teacher labels (downstream of round 1), their
-    # evaluations and the summary; nothing upstream.
-    edit = tmp_path / "kd.yaml"
-    edit.write_text("distillation: {kd: {weight: 0.5}}\n")
-    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {
-        "distillation": 2, "teacher_labels": 1, "evaluate": 2, "report": 1, "all": 1}
-
-    # A pseudo-label key: pseudo labels and everything downstream; not warm-up, STM or baselines.
-    edit = tmp_path / "pl.yaml"
-    edit.write_text("pseudo_labels: {percentile: 40.0}\n")
-    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {
-        "pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
-        "report": 1, "all": 1}
-
-    # A report key touches only the report.
-    edit = tmp_path / "rep.yaml"
-    edit.write_text("report: {samples: 1}\n")
-    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {"report": 1, "all": 1}
+    for edit, expected in EXACT_RERUNS:
+        overlay = tmp_path / "edit.yaml"
+        overlay.write_text(edit)
+        assert dry_run(wf, "configs/tiny.yaml", str(overlay)) == expected, edit
 
     # `snakemake --report` builds the HTML report from the marked figures.
     rep = snakemake(wf, "--configfile", "configs/tiny.yaml", "--report", "report.html")

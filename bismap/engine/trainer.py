@@ -33,7 +33,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "grad_clip": None,        # max global grad norm (None = off; the original does not clip)
 }
 # Keys the trainer accepts but that belong to the caller (e.g. the streams' batch size).
-_PASSTHROUGH_KEYS = {"batch_size", "log_every", "checkpoint_every"}
+_PASSTHROUGH_KEYS = {"batch_size"}
 _RESERVED = {"format", "model_config", "model", "ema", "iteration", "fingerprint", "train_cfg", "optimizer",
              "scheduler", "scaler", "rng", "streams", "world_size"}
 
