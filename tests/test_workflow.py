@@ -1,7 +1,8 @@
 """The Snakemake workflow itself, run for real with the tiny config on the CPU.
 
-Fast tests build the DAG only (`-n`), lint, and check config validation; the slow test runs the
-whole DAG once and then checks what a config edit reruns. Snakemake runs in a copy of the
+Fast tests build the DAG only (`-n`), lint, and check config validation; tests marked slow (over
+~5 s: several Snakemake starts, or the real run) are left out of `pytest -m "not slow and not slurm"`.
+The real-run test runs the whole DAG once and then checks what a config edit reruns. Snakemake runs in a copy of the
 workflow files (Snakefile, rules/, scripts/, configs/, ...) so the checkout stays clean and two
 test runs never share a .snakemake lock.
 """
@@ -79,6 +80,7 @@ def test_dry_run_has_every_stage(wf):
     assert dry_run(wf, "configs/tiny.yaml") == ALL_RULES
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_default_config_dry_run_has_every_stage(wf):
     proc = snakemake(wf, "-n", "--cores", "2")
     assert proc.returncode == 0, proc.stderr
@@ -94,6 +96,7 @@ def test_distillation_rounds_follow_config(wf, tmp_path):
     assert counts["evaluate"] == 6  # warmup, naive, self-training, 3 rounds
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_stylize_method_selects_the_source_images(wf, tmp_path):
     none = tmp_path / "none.yaml"
     none.write_text("stylize: {method: none}\n")
@@ -196,6 +199,7 @@ def test_schema_documents_every_key():
     assert not missing
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 @pytest.mark.parametrize("name", ["gta5", "synthia"])
 def test_paper_configs_validate(wf, tmp_path, name):
     src, tgt = tmp_path / "src", tmp_path / "cs"
