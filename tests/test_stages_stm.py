@@ -69,7 +69,8 @@ def test_class_entropy_from_data(tmp_path, fixed_model) -> None:
     ckpt.write_bytes(b"x")
     src = make_gta(tmp_path / "gta", 3)
     out = tmp_path / "e.json"
-    class_entropy.run(checkpoint=ckpt, source=src, out_json=out, cfg=schema_defaults("class_entropy", batch_size=2), data=DATA, runtime=RUNTIME)
+    class_entropy.run(checkpoint=ckpt, source=src, out_json=out, cfg=schema_defaults("class_entropy", batch_size=2),
+                      data=DATA, runtime=RUNTIME)
     e = json.loads(out.read_text())
     assert e["mode"] == "data"
     # road columns away from the border: uniform softmax -> ln 19; bilinear blending only near the edge
@@ -140,7 +141,8 @@ def _pipeline(tmp_path: Path, src: dict, tgt: dict, ckpt: Path, tag: str, **cfg)
     c = _stm_cfg(**cfg)
     stm_features.run(source=src, target=tgt, out_h5=feats, cfg=c, checkpoint=ckpt, data=DATA, runtime=RUNTIME)
     stm_prototypes.run(features_h5=feats, out_path=protos, cfg=c, runtime=RUNTIME)
-    class_entropy.run(checkpoint=ckpt, source=src, out_json=ent, cfg=schema_defaults("class_entropy", mode="official_gta5"),
+    class_entropy.run(checkpoint=ckpt, source=src, out_json=ent,
+                      cfg=schema_defaults("class_entropy", mode="official_gta5"),
                       data=DATA, runtime=RUNTIME)
     stm_maps.run(features_h5=feats, prototypes=protos, class_entropy_json=ent, source=src, out_h5=maps, cfg=c)
     return maps

@@ -134,8 +134,8 @@ def trained(tmp_path_factory):
     out = root / "warmup.pt"
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        warmup.run(source=src, out_checkpoint=out, model=MODEL, train=train_cfg(20), augment=AUGMENT, data=DATA, runtime=RUNTIME_T,
-                   threads=1)
+        warmup.run(source=src, out_checkpoint=out, model=MODEL, train=train_cfg(20), augment=AUGMENT, data=DATA,
+                   runtime=RUNTIME_T, threads=1)
     return {"checkpoint": out, "log": log.getvalue(), "val": val, "tmp": root}
 
 

@@ -178,6 +178,20 @@ def test_schema_defaults_are_config_yaml():
     assert filled == yaml.safe_load((REPO / "config.yaml").read_text())
 
 
+def test_conftest_schema_defaults_are_the_workflow_slices():
+    """The stage tests' slices (conftest.schema_defaults) are what the workflow fills in."""
+    from conftest import schema_defaults
+
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    for section, value in default.items():
+        if isinstance(value, dict):
+            assert schema_defaults(section) == value, section
+    assert schema_defaults("naive", adabn={"enabled": False})["adabn"] == {"enabled": False, "max_images": 100,
+                                                                          "batch_size": 4}
+    with pytest.raises(KeyError, match="kmeans_k"):
+        schema_defaults("stm", kmeans_k=3)
+
+
 def test_schema_documents_every_key():
     schema = yaml.safe_load((REPO / "configs/schema.yaml").read_text())
     missing = []
