@@ -13,6 +13,23 @@ def C(dpath):
     return lookup(dpath=dpath, within=config)
 
 
+# A rule's params are exactly the config keys its stage reads, so an edit reruns only the stages
+# whose result depends on it. The one pattern: `cfg=C("<section>")` when the stage reads every
+# key of its section, else `cfg=keys("<section>", <the keys it reads>)`. Speed-only knobs live
+# in `runtime`, which is no param: scripts pass snakemake.config["runtime"] to the stage.
+def keys(section, *names):
+    """The named keys of one config section (each looked up with C)."""
+    return {name: C(f"{section}/{name}") for name in names}
+
+
+STM_FEATURES_KEYS = ("extractor", "weights", "weights_key", "depth", "width_multiplier", "sk_ratio", "image_size",
+                     "mean", "std", "pool", "grid", "batch_size")
+STM_PROTOTYPES_KEYS = ("k", "kmeans_seed", "kmeans_n_init", "kmeans_max_iter", "kmeans_tol", "max_samples")
+STM_MAPS_KEYS = ("momentum", "entropy_bonus")
+# A round's result does not depend on how many rounds follow it.
+DISTILLATION_KEYS = ("init", "use_stm", "sce", "kd", "student_weights", "student_backbone")
+
+
 EXP = config["experiment"]
 RESULTS = f"results/{EXP}"
 LOGS = f"logs/{EXP}"
@@ -75,8 +92,8 @@ def train_cfg(stage):
 
 
 def data_cfg():
-    """The `data` slice stages read: loading/normalisation only (dataset roots travel in specs)."""
-    return {key: C(f"data/{key}") for key in ("mean", "std", "workers", "device")}
+    """The `data` slice stages read: normalisation only (dataset roots travel in specs)."""
+    return keys("data", "mean", "std")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ rule stm_features:
     params:
         source=source_spec(),
         target=target_spec("train", labels="none"),
-        cfg=C("stm"),
+        cfg=keys("stm", *STM_FEATURES_KEYS),
         data=data_cfg(),
     log:
         f"{LOGS}/stm_features.log",
@@ -59,7 +59,7 @@ rule stm_prototypes:
     output:
         out_path=f"{RESULTS}/stm/prototypes.pt",
     params:
-        cfg=C("stm"),
+        cfg=keys("stm", *STM_PROTOTYPES_KEYS),
     log:
         f"{LOGS}/stm_prototypes.log",
     benchmark:
@@ -84,7 +84,7 @@ rule stm_maps:
         out_h5=f"{RESULTS}/stm/maps.h5",
     params:
         source=source_spec(),
-        cfg=C("stm"),
+        cfg=keys("stm", *STM_MAPS_KEYS),
     log:
         f"{LOGS}/stm_maps.log",
     benchmark:

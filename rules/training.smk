@@ -77,7 +77,7 @@ rule distillation:
         model=C("model"),
         train=train_cfg("distillation"),
         augment=C("augment"),
-        cfg=C("distillation"),
+        cfg=keys("distillation", *DISTILLATION_KEYS),
         data=data_cfg(),
     log:
         f"{LOGS}/distillation_r{{r}}.log",

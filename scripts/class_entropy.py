@@ -8,4 +8,4 @@ with stage_logging(smk):
     from bismap.stages.class_entropy import run
 
     run(checkpoint=smk.input.checkpoint, source=smk.params.source, out_json=smk.output.out_json,
-        cfg=smk.params.cfg, data=smk.params.data, threads=smk.threads)
+        cfg=smk.params.cfg, data=smk.params.data, runtime=smk.config["runtime"], threads=smk.threads)

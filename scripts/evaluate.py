@@ -9,4 +9,4 @@ with stage_logging(smk):
 
     run(checkpoint=smk.input.checkpoint, target=smk.params.target, out_json=smk.output.out_json,
         out_confusion_csv=smk.output.out_confusion_csv, cfg=smk.params.cfg, data=smk.params.data,
-        threads=smk.threads)
+        runtime=smk.config["runtime"], threads=smk.threads)

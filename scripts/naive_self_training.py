@@ -10,4 +10,5 @@ with stage_logging(smk):
     run(source=smk.params.source, target=smk.params.target, stm_maps=smk.input.get("stm_maps"),
         init_checkpoint=smk.input.get("init_checkpoint"),
         out_checkpoint=smk.output.checkpoint, model=smk.params.model, train=smk.params.train,
-        augment=smk.params.augment, cfg=smk.params.cfg, data=smk.params.data, threads=smk.threads)
+        augment=smk.params.augment, cfg=smk.params.cfg, data=smk.params.data,
+        runtime=smk.config["runtime"], threads=smk.threads)

@@ -8,4 +8,4 @@ with stage_logging(smk):
     from bismap.stages.source_features import run
 
     run(checkpoint=smk.input.checkpoint, source=smk.params.source, out_h5=smk.output.out_h5, cfg=smk.params.cfg,
-        data=smk.params.data, threads=smk.threads)
+        data=smk.params.data, runtime=smk.config["runtime"], threads=smk.threads)

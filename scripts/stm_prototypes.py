@@ -7,4 +7,5 @@ smk = snakemake  # noqa: F821  (injected by Snakemake)
 with stage_logging(smk):
     from bismap.stages.stm_prototypes import run
 
-    run(features_h5=smk.input.features_h5, out_path=smk.output.out_path, cfg=smk.params.cfg, threads=smk.threads)
+    run(features_h5=smk.input.features_h5, out_path=smk.output.out_path, cfg=smk.params.cfg,
+        runtime=smk.config["runtime"], threads=smk.threads)

@@ -7,4 +7,5 @@ smk = snakemake  # noqa: F821  (injected by Snakemake)
 with stage_logging(smk):
     from bismap.stages.synthetic_data import run
 
-    run(source_dir=smk.output.source_dir, target_dir=smk.output.target_dir, cfg=smk.params.cfg, threads=smk.threads)
+    run(source_dir=smk.output.source_dir, target_dir=smk.output.target_dir, cfg=smk.params.cfg,
+        runtime=smk.config["runtime"], threads=smk.threads)

@@ -8,4 +8,5 @@ with stage_logging(smk):
     from bismap.stages.warmup import run
 
     run(source=smk.params.source, out_checkpoint=smk.output.checkpoint, model=smk.params.model,
-        train=smk.params.train, augment=smk.params.augment, data=smk.params.data, threads=smk.threads)
+        train=smk.params.train, augment=smk.params.augment, data=smk.params.data,
+        runtime=smk.config["runtime"], threads=smk.threads)

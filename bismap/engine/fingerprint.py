@@ -11,14 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Keys of the `data` slice that change how fast, not what, a stage computes: excluded from the fingerprint.
-# Keys of the `data` slice that change how fast, not what, a stage computes: excluded from the fingerprint.
-_DATA_SPEED_KEYS = ("workers",)
-
-# Keys of the `train` slice that do not change the trained weights: excluded from the fingerprint.
-# Keys of the `train` slice that do not change the trained weights: excluded from the fingerprint.
-_TRAIN_SPEED_KEYS = ("log_every", "checkpoint_every")
-
 
 def path_signature(path: Any) -> Any:
     """Identify an input by path, size and modification time, so changed content invalidates a resume."""
@@ -54,11 +46,3 @@ def fingerprint(**parts: Any) -> str:
     """
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def data_for_fingerprint(data: dict) -> dict:
-    return {k: v for k, v in data.items() if k not in _DATA_SPEED_KEYS}
-
-
-def train_for_fingerprint(train: dict) -> dict:
-    return {k: v for k, v in train.items() if k not in _TRAIN_SPEED_KEYS}

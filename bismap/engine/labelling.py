@@ -114,10 +114,10 @@ def prepare_model(checkpoint, target_ds, cfg: dict, data: dict, device: torch.de
     from bismap.engine.inference import adapt_batchnorm
 
     model = load_warmup(checkpoint, device)
-    ab = cfg.get("adabn") or {}
-    if bool(ab.get("enabled", False)):
-        mean, std = mean_std(data, stage)
-        used = adapt_batchnorm(model, target_ds, int(ab.get("max_images", 100)), int(ab.get("batch_size", 4)),
+    ab = cfg["adabn"]
+    if bool(ab["enabled"]):
+        mean, std = mean_std(data)
+        used = adapt_batchnorm(model, target_ds, int(ab["max_images"]), int(ab["batch_size"]),
                                mean=mean, std=std, device=device)
         print(f"{stage}: AdaBN statistics re-estimated on {used} target images", flush=True)
     return model.eval()
@@ -125,13 +125,13 @@ def prepare_model(checkpoint, target_ds, cfg: dict, data: dict, device: torch.de
 
 def selection_settings(cfg: dict, default_mode: str, default_threshold: float,
                        allowed: tuple[str, ...] = ()) -> tuple[str, float, float, int | None, int]:
-    mode = str(cfg.get("selection", default_mode))
+    mode = str(cfg["selection"])
     modes = (default_mode, "percentile", *allowed)
     if mode not in modes:
         raise InputError(f"config: selection must be one of {', '.join(map(repr, modes))}, got {mode!r}")
-    sp = cfg.get("sample_pixels", 20000)
-    thr = cfg.get("threshold")
+    sp = cfg["sample_pixels"]
+    thr = cfg["threshold"]
     # threshold null: the mode's own scale (softmax 0.9, or the caller's default: the original's tau = 100)
     threshold = (DEFAULT_CONFIDENCE if mode == "confidence" else float(default_threshold)) if thr is None else float(thr)
-    return (mode, threshold, float(cfg.get("percentile", 50.0)), None if sp is None else int(sp),
-            int(cfg.get("seed", 0)))
+    return (mode, threshold, float(cfg["percentile"]), None if sp is None else int(sp),
+            int(cfg["seed"]))

@@ -34,19 +34,17 @@ def open_spec(spec: dict, name: str, **override) -> torch.utils.data.Dataset:
     return ds
 
 
-def mean_std(data: dict | None, where: str) -> tuple[list[float], list[float]]:
-    if not data or "mean" not in data or "std" not in data:
-        raise InputError(f"config: `data.mean`/`data.std` are needed by {where}")
+def mean_std(data: dict) -> tuple[list[float], list[float]]:
+    """The `data` slice's normalisation as lists."""
     return list(data["mean"]), list(data["std"])
 
 
-def setup_device(threads: int, data: dict | None, cfg: dict | None = None) -> torch.device:
-    """Threads from Snakemake; device from `<stage>.device`, else `data.device` ("auto" = GPU when present)."""
+def setup_device(threads: int, runtime: dict) -> torch.device:
+    """Threads from Snakemake; device from `runtime.device` ("auto" = GPU when present)."""
     from bismap.engine.device import resolve_device, set_threads
 
     set_threads(threads)
-    name = (cfg or {}).get("device") or (data or {}).get("device", "auto")
-    return resolve_device(str(name))
+    return resolve_device(str(runtime["device"]))
 
 
 def load_warmup(checkpoint: str | os.PathLike, device: torch.device) -> torch.nn.Module:
@@ -63,13 +61,6 @@ def derive_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def require(cfg: dict, key: str, section: str) -> Any:
-    """Read a mandatory config key with an error that names the section."""
-    if key not in cfg:
-        raise InputError(f"config: `{section}.{key}` is missing")
-    return cfg[key]
-
-
 def build_view(spec: dict, augment: dict, data: dict, *, seed: int, weight_maps: str | os.PathLike | None = None,
                strong: dict | None = None):
     """open_dataset(spec) wrapped in the TrainingView that augments, normalises and aligns weights."""
@@ -82,20 +73,20 @@ def build_view(spec: dict, augment: dict, data: dict, *, seed: int, weight_maps:
     return TrainingView(
         dataset,
         augment,
-        mean=require(data, "mean", "data"),
-        std=require(data, "std", "data"),
+        mean=data["mean"],
+        std=data["std"],
         weight_maps=None if weight_maps is None else str(weight_maps),
         strong=strong,
         seed=seed,
     )
 
 
-def build_stream(view, train: dict, data: dict, *, seed: int):
-    """An InfiniteStream of collated batches of `train.batch_size`."""
+def build_stream(view, train: dict, runtime: dict, *, seed: int):
+    """An InfiniteStream of collated batches of `train.batch_size`, loaded by `runtime.workers` processes."""
     from bismap.engine.stream import InfiniteStream
 
-    return InfiniteStream(view, batch_size=int(require(train, "batch_size", "train")), seed=seed,
-                          workers=int(data.get("workers", 0)))
+    return InfiniteStream(view, batch_size=int(train["batch_size"]), seed=seed,
+                          workers=int(runtime["workers"]))
 
 
 def model_config(model: dict, weights: Any = None, backbone: str | None = None) -> dict:
@@ -135,7 +126,7 @@ def init_from_checkpoint(net: torch.nn.Module, path: str | os.PathLike, *, stage
 
 def normalisation(data: dict) -> dict:
     """Stored in every checkpoint (extra_state) so `bismap predict` normalises as training did."""
-    return {"mean": [float(v) for v in require(data, "mean", "data")],
-            "std": [float(v) for v in require(data, "std", "data")]}
+    return {"mean": [float(v) for v in data["mean"]],
+            "std": [float(v) for v in data["std"]]}
 
 

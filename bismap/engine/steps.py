@@ -1,7 +1,6 @@
 """Training-step pieces shared by self-training and distillation (same operations, same order)."""
 from __future__ import annotations
 
-from bismap.engine.stage_setup import require
 
 
 def source_and_target_losses(cfg: dict, section: str):
@@ -10,10 +9,10 @@ def source_and_target_losses(cfg: dict, section: str):
     stage can add its own term on the same target forward pass."""
     from bismap.losses import symmetric_cross_entropy, weighted_cross_entropy
 
-    use_stm = bool(require(cfg, "use_stm", section))
-    sce = require(cfg, "sce", section)
-    alpha = float(require(sce, "alpha", f"{section}.sce"))
-    beta = float(require(sce, "beta", f"{section}.sce"))
+    use_stm = bool(cfg["use_stm"])
+    sce = cfg["sce"]
+    alpha = float(sce["alpha"])
+    beta = float(sce["beta"])
 
     def step(ctx):
         src, tgt = ctx.batches["source"], ctx.batches["target"]

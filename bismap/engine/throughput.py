@@ -105,11 +105,13 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     total = warmup + iters + 1
-    cfg = {"iterations": total, "lr": 5e-4, "warmup_iters": 0, "amp": amp, "channels_last": channels_last,
-           "checkpoint_every": 0, "log_every": total, "seed": 0}
+    cfg = {"iterations": total, "lr": 5e-4, "head_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4,
+           "warmup_iters": 0, "poly_power": 0.9, "min_lr": 1e-7, "amp": amp, "channels_last": channels_last,
+           "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
         trainer.fit(model=model, loss_fn=self_training_loss(times, device), streams=streams, train_cfg=cfg,
-                    out_checkpoint=Path(tmp) / "bench.pt", fingerprint="benchmark", ema_decay=0.999, device=device,
+                    out_checkpoint=Path(tmp) / "bench.pt", fingerprint="benchmark", log_every=total,
+                    checkpoint_every=0, ema_decay=0.999, device=device,
                     model_config=spec["model"], tensorboard_dir=None)
     rate = iters / (times[warmup + iters] - times[warmup])
     return {"setting": setting, "device": str(device), "gpu": torch.cuda.get_device_name(device)

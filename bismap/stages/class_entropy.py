@@ -69,9 +69,9 @@ def table(mode: str, raw: dict[int, float], pixels: dict[int, int] | None, prese
 
 
 def run(*, checkpoint: str | os.PathLike, source: dict, out_json: str | os.PathLike, cfg: dict,
-        data: dict | None = None, threads: int = 1) -> None:
+        data: dict, runtime: dict, threads: int = 1) -> None:
     """Write {"mode", "entropy": {name: nats|null}, "normalised": {name: [0,1]}, "pixels", "absent"}."""
-    mode = str(cfg.get("mode", "data"))
+    mode = str(cfg["mode"])
     if mode in OFFICIAL:
         # the original normalises over all 19 entries (SYNTHIA's missing classes count as 0)
         raw = dict(enumerate(OFFICIAL[mode]))
@@ -80,19 +80,19 @@ def run(*, checkpoint: str | os.PathLike, source: dict, out_json: str | os.PathL
         return
     if mode != "data":
         raise InputError(f"config: class_entropy.mode must be data, official_gta5 or official_synthia, got {mode!r}")
-    device = setup_device(threads, data, cfg)
-    mean, std = mean_std(data, "class_entropy")
+    device = setup_device(threads, runtime)
+    mean, std = mean_std(data)
     model = load_warmup(checkpoint, device)
     ds = open_spec(source, "source")
     if not getattr(ds, "has_labels", True):
         raise InputError(f"{source.get('root')}: class entropy needs labelled source images")
-    max_images = cfg.get("max_images")
+    max_images = cfg["max_images"]
     total = len(ds) if max_images is None else min(len(ds), int(max_images))
     sums = torch.zeros(NUM_CLASSES, dtype=torch.float64)
     counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
     done = 0
     with torch.no_grad():
-        for items in iter_batches(ds, int(cfg.get("batch_size", 4)), max_images):
+        for items in iter_batches(ds, int(cfg["batch_size"]), max_images):
             _, logits = model(to_input(items, mean, std, device))
             s, n = entropy_sums(logits, torch.from_numpy(np.stack([it["label"] for it in items])))
             sums += s

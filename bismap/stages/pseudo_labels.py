@@ -111,10 +111,11 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
 
 
 def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target: dict, target_gt: dict | None,
-        out_dir: str | os.PathLike, out_quality: str | os.PathLike, cfg: dict, data: dict, threads: int = 1) -> None:
+        out_dir: str | os.PathLike, out_quality: str | os.PathLike, cfg: dict, data: dict, runtime: dict,
+        threads: int = 1) -> None:
     """Write `<out_dir>/<image file name>` pseudo labels (255 = rejected) and the quality json."""
-    device = setup_device(threads, data, cfg)
-    mean, std = mean_std(data, "pseudo_labels")
+    device = setup_device(threads, runtime)
+    mean, std = mean_std(data)
     gmms, meta = load_prototypes(prototypes, device=device)
     ds = open_spec(target, "target")
     gt_ds = None if target_gt is None else open_spec(target_gt, "target_gt")
@@ -123,9 +124,9 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     if meta.get("feature_dim") is not None and int(meta["feature_dim"]) != dim:
         raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
     mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence",))
-    rule = str(cfg.get("rule", "gmm"))
-    predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg.get("flip", False)),
-                            chunk_pixels=int(cfg.get("chunk_pixels", 200_000)), classes=cfg.get("classes"),
+    rule = str(cfg["rule"])
+    predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
+                            chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
                             rule=rule, score="confidence" if mode == "confidence" else "loglik")
     print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
           f"selection {mode}", flush=True)

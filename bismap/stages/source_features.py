@@ -86,20 +86,20 @@ def select_pixels(feat: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
 
 # ----------------------------------------------------------------------------- stage
 def run(*, checkpoint: str | os.PathLike, source: dict, out_h5: str | os.PathLike, cfg: dict, data: dict,
-        threads: int = 1) -> None:
+        runtime: dict, threads: int = 1) -> None:
     """Write `class_<c>` float32 [N_c, D] (all 19, maybe empty) to out_h5 (chunked, gzip, atomic)."""
     import h5py
 
-    device = setup_device(threads, data, cfg)
-    mean, std = mean_std(data, "source_features")
-    fractions = list(cfg.get("class_fractions", [1.0] * NUM_CLASSES))
+    device = setup_device(threads, runtime)
+    mean, std = mean_std(data)
+    fractions = list(cfg["class_fractions"])
     if len(fractions) != NUM_CLASSES:
         raise InputError(f"config: `source_features.class_fractions` needs {NUM_CLASSES} values, got {len(fractions)}")
-    cap = int(cfg.get("max_per_class", 1_000_000))
-    seed = int(cfg.get("seed", 1))
-    batch_size = int(cfg.get("batch_size", 4))
-    flip = bool(cfg.get("flip", False))
-    max_images = cfg.get("max_images")
+    cap = int(cfg["max_per_class"])
+    seed = int(cfg["seed"])
+    batch_size = int(cfg["batch_size"])
+    flip = bool(cfg["flip"])
+    max_images = cfg["max_images"]
     model = load_warmup(checkpoint, device)
     ds = open_spec(source, "source")
     if not getattr(ds, "has_labels", True):

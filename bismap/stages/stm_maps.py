@@ -73,8 +73,8 @@ def run(*, features_h5: str | os.PathLike, prototypes: str | os.PathLike, class_
     from bismap.engine.device import set_threads
 
     set_threads(threads)
-    momentum = float(cfg.get("momentum", 0.99))
-    use_bonus = bool(cfg.get("entropy_bonus", True))
+    momentum = float(cfg["momentum"])
+    use_bonus = bool(cfg["entropy_bonus"])
     bonus = None
     if use_bonus:
         if class_entropy_json is None:

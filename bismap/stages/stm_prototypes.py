@@ -15,25 +15,26 @@ from bismap.prototypes import kmeans
 from bismap.stm_files import CENTROIDS_FORMAT, open_grid_features
 
 
-def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
+def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, runtime: dict,
+        threads: int = 1) -> None:
     """Save {"format": "bismap-kmeans/1", "centroids": [k, C] float64, "k", "seed", "cost", "samples"}."""
     from bismap.engine.device import resolve_device, set_threads
 
     set_threads(threads)
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = resolve_device(str(runtime["device"]))
     f, ds, _ = open_grid_features(features_h5, "target")
     with f:
         x = ds[()]
     x = torch.from_numpy(x.reshape(-1, x.shape[-1]).astype(np.float32))
-    k, seed = int(cfg.get("k", 40)), int(cfg.get("kmeans_seed", 5))
-    max_samples = int(cfg.get("max_samples", 1_000_000))
+    k, seed = int(cfg["k"]), int(cfg["kmeans_seed"])
+    max_samples = int(cfg["max_samples"])
     if x.shape[0] > max_samples:
         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values]
     if x.shape[0] < k:
         raise InputError(f"{features_h5}: {x.shape[0]} target grid vectors < stm.k={k}")
     print(f"stm_prototypes: k-means k={k} on {x.shape[0]} target vectors of dim {x.shape[1]}", flush=True)
-    c, cost = kmeans(x, k, seed=seed, n_init=int(cfg.get("kmeans_n_init", 1)),
-                     max_iter=int(cfg.get("kmeans_max_iter", 300)), tol=float(cfg.get("kmeans_tol", 1e-4)),
+    c, cost = kmeans(x, k, seed=seed, n_init=int(cfg["kmeans_n_init"]),
+                     max_iter=int(cfg["kmeans_max_iter"]), tol=float(cfg["kmeans_tol"]),
                      device=device)
     print(f"stm_prototypes: cost {cost:.4g}", flush=True)
     save_torch(out_path, {"format": CENTROIDS_FORMAT, "centroids": c, "k": k, "seed": seed, "cost": cost,

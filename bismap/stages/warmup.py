@@ -8,21 +8,21 @@ the original ships no warm-up config, so this is the simplest faithful choice.
 from __future__ import annotations
 
 from pathlib import Path
-from bismap.engine.fingerprint import data_for_fingerprint, fingerprint, spec_signature, train_for_fingerprint
-from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, normalisation, require, setup_device
+from bismap.engine.fingerprint import fingerprint, spec_signature
+from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, normalisation, setup_device
 
 
 
-def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict,
+def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict, runtime: dict,
         threads: int = 1) -> None:
     """Train `model` on the labelled `source` spec and write the final-iteration checkpoint."""
     from bismap.engine import trainer
     from bismap.losses import weighted_cross_entropy
 
-    device = setup_device(threads, data)
-    seed = int(require(train, "seed", "train"))
+    device = setup_device(threads, runtime)
+    seed = int(train["seed"])
     view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"))
-    streams = {"source": build_stream(view, train, data, seed=derive_seed(seed, "source-stream"))}
+    streams = {"source": build_stream(view, train, runtime, seed=derive_seed(seed, "source-stream"))}
     net = build_seeded_model(model, seed)
 
     def loss_fn(ctx):
@@ -32,8 +32,9 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, a
         return {"ce": weighted_cross_entropy(logits.float(), batch["label"])}
 
     fp = fingerprint(stage="warmup", source=spec_signature(source), model=model,
-                            train=train_for_fingerprint(train), augment=augment,
-                            data=data_for_fingerprint(data))
+                            train=train, augment=augment,
+                            data=data)
     trainer.fit(model=net, loss_fn=loss_fn, streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=None, device=device,
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=runtime["log_every"],
+                checkpoint_every=runtime["checkpoint_every"], ema_decay=None, device=device,
                 model_config=model, extra_state={"data": normalisation(data)})
