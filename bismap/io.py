@@ -11,11 +11,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 
 class InputError(ValueError):
     """Bad user input (a file, a folder, a value). Its message is one line that names the culprit."""
+
+
+def check_keys(section: str, cfg: Mapping[str, Any], keys: Iterable[str]) -> None:
+    """A config slice must hold exactly `keys`: defaults live in configs/schema.yaml only, so a
+    missing key is an error (not a second, silent default) and an unknown one is a typo."""
+    keys = set(keys)
+    missing, unknown = sorted(keys - set(cfg)), sorted(set(cfg) - keys)
+    if unknown:
+        raise InputError(f"{section}: unknown key(s) {unknown} (known: {sorted(keys)})")
+    if missing:
+        raise InputError(f"{section}: missing key(s) {missing} (configs/schema.yaml has their defaults)")
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:

@@ -257,8 +257,7 @@ def test_real_checkpoint_smoke(tmp_path) -> None:
     from bismap.models import build_model
     from bismap.stages import naive_labels, source_features
 
-    cfg = {"backbone": "resnet18", "weights": "none", "aspp_channels": 8, "decoder_channels": 8,
-           "low_level_channels": 4}
+    cfg = schema_defaults("model", backbone="resnet18", aspp_channels=8, decoder_channels=8, low_level_channels=4)
     torch.manual_seed(0)
     model = build_model(cfg)
     ckpt = tmp_path / "w.pt"

@@ -26,7 +26,7 @@ ROAD_RGB, SKY_RGB = (200, 40, 40), (40, 40, 200)
 
 MODEL = TINY_MODEL
 AUGMENT = {"scale": [1.0, 1.0], "crop": [H, W], "flip": True,
-           "jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}}
+           "jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}, "crop_retries": 10}
 DATA = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 RUNTIME_T = {**RUNTIME, "log_every": 1, "checkpoint_every": 1000}  # every iteration logged, no resume files
 SCE = {"alpha": 0.1, "beta": 1.0}
