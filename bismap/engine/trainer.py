@@ -44,7 +44,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 # Keys the trainer accepts but that belong to the caller (e.g. the streams' batch size).
 _PASSTHROUGH_KEYS = {"batch_size"}
 _RESERVED = {"format", "model_config", "model", "ema", "iteration", "fingerprint", "train_cfg", "optimizer",
-             "scheduler", "scaler", "rng", "streams", "world_size"}
+             "scheduler", "scaler", "rng", "streams", "world_size", "fingerprint_parts"}
 
 
 @dataclass
@@ -175,9 +175,12 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
                 print(f"note: ignoring unreadable resume file {resume_file} ({e})", flush=True)
         if state is not None and state.get("fingerprint") != fingerprint:
             if main:
-                print(f"note: {resume_file} was written by a different configuration (fingerprint "
-                      f"{str(state.get('fingerprint'))[:12]} != {fingerprint[:12]}); starting fresh and "
-                      f"overwriting it", flush=True)
+                from bismap.engine.fingerprint import changed_parts
+
+                changed = changed_parts(state.get("fingerprint_parts"), getattr(fingerprint, "parts", None))
+                what = ", ".join(changed) if changed else "configuration or inputs"
+                print(f"note: not resuming from {resume_file}: {what} changed since it was written (fingerprint "
+                      f"{str(state.get('fingerprint'))[:12]} != {fingerprint[:12]}); starting fresh", flush=True)
             state = None
         if state is not None and int(state.get("world_size", 1)) != info.world_size:
             if main:
@@ -276,7 +279,8 @@ def _save_resume(path: Path, iteration: int, fingerprint: str, model: nn.Module,
     rank_state = {"rng": ckpt_io.capture_rng_state(), "streams": {k: s.state_dict() for k, s in streams.items()}}
     gathered = ddp.all_gather_object(rank_state)
     if info.rank == 0:
-        state = {"format": ckpt_io.RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration,
+        state = {"format": ckpt_io.RESUME_FORMAT, "fingerprint": str(fingerprint),
+                 "fingerprint_parts": dict(getattr(fingerprint, "parts", {})), "iteration": iteration,
                  "world_size": info.world_size, "model_config": mcfg, "train_cfg": cfg,
                  "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
