@@ -70,3 +70,210 @@ def test_fault1_in_place_edit_of_a_source_label_refuses_the_resume(tmp_path, mon
     warmup.run(out_checkpoint=clean, **kw)
     a, b = torch.load(clean, weights_only=True)["model"], torch.load(out, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: a stage run the way scripts/*.py run it, and a child process killed with SIGKILL
+
+
+def _smk(tmp_path: Path, outputs: list[Path], rule: str = "demo"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(log=[str(tmp_path / "logs" / f"{rule}.log")], rule=rule, threads=1,
+                           output=[str(p) for p in outputs])
+
+
+def _console(monkeypatch) -> "io.StringIO":
+    import io
+    import sys
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "__stderr__", buf)
+    return buf
+
+
+KILLED_WRITER = r"""
+import os, signal, sys
+import numpy as np, torch
+from bismap.io import atomic_dir, atomic_path, save_torch
+kind, target = sys.argv[1], sys.argv[2]
+if kind == "dir":
+    with atomic_dir(target) as tmp:
+        for i in range(5):
+            (tmp / f"{i}.png").write_bytes(b"x")
+        os.kill(os.getpid(), signal.SIGKILL)
+elif kind == "h5":
+    import h5py
+    with atomic_path(target) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f["x"] = np.zeros(10)
+        os.kill(os.getpid(), signal.SIGKILL)
+else:
+    real = torch.save
+    def dying(obj, f, *a, **k):
+        real(obj, f, *a, **k)
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.save = dying
+    save_torch(target, {"w": torch.zeros(1000)})
+"""
+
+
+def _kill9_writer(kind: str, target: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, kind, str(target)], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Temporary files are never cleaned
+
+
+def test_fault2_kill9_temporaries_are_removed_by_the_next_attempt(tmp_path, monkeypatch) -> None:
+    from bismap.io import save_torch, stale_temporaries, write_json
+    from bismap.workflow.stage_logging import stage_logging
+
+    out = tmp_path / "results"
+    out.mkdir()
+    labels, h5, ckpt = out / "pseudo", out / "features.h5", out / "warmup.pt"
+    _kill9_writer("dir", labels)
+    _kill9_writer("h5", h5)
+    _kill9_writer("torch", ckpt)
+    _kill9_writer("torch", Path(str(ckpt) + ".resume.pt"))
+    left = stale_temporaries(labels) + stale_temporaries(h5) + stale_temporaries(ckpt)
+    assert len(left) == 4, sorted(p.name for p in out.iterdir())
+    mine = [out / ".pseudo.notes", out / ".warmup.pt.bak", out / "warmup.pt.abcdefgh.tmp"]  # a user's files
+    for p in mine:
+        p.write_text("keep")
+    _console(monkeypatch)
+    with stage_logging(_smk(tmp_path, [labels, h5, ckpt])):
+        labels.mkdir()
+        write_json(labels / "x.json", {})
+        save_torch(ckpt, {"w": torch.zeros(3)})
+    assert stale_temporaries(labels) + stale_temporaries(h5) + stale_temporaries(ckpt) == []
+    assert all(p.read_text() == "keep" for p in mine)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".pseudo.notes", ".warmup.pt.bak", "pseudo",
+                                                            "warmup.pt", "warmup.pt.abcdefgh.tmp"])
+    assert "left by a killed earlier attempt" in (tmp_path / "logs" / "demo.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Disk full and other OS errors are unreadable
+
+
+@pytest.mark.parametrize("err", ["ENOSPC", "EACCES", "EROFS", "EIO"])
+def test_fault3_os_error_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, err) -> None:
+    import errno
+
+    import bismap.io
+    from bismap.io import save_torch
+    from bismap.workflow.stage_logging import stage_logging
+
+    code = getattr(errno, err)
+    ckpt = tmp_path / "models" / "warmup.pt"
+
+    def failing_save(obj, f, *a, **k):  # torch's zip writer on a full disk: a RuntimeError
+        f.write(b"partial")
+        if code == errno.ENOSPC:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 45")
+        raise OSError(code, os.strerror(code), str(ckpt))
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    console = _console(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        with stage_logging(_smk(tmp_path, [ckpt], rule="warmup")):
+            save_torch(ckpt, {"w": torch.zeros(3)})
+    assert exc.value.code == 1
+    line = console.getvalue()
+    assert line.count("\n") == 1 and line.startswith(f"bismap warmup: error: {ckpt}: {os.strerror(code)} ({err}); ")
+    assert "rerun" in line
+    log = (tmp_path / "logs" / "warmup.log").read_text()
+    assert log.rstrip().splitlines()[-1].endswith(line.strip().split("error: ", 1)[1])
+    assert list(ckpt.parent.iterdir()) == []  # no half-written file, no temporary
+
+
+def test_fault3_checkpoint_needing_more_than_the_free_space_fails_before_writing(tmp_path, monkeypatch) -> None:
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from bismap.io import save_torch
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError) as exc:
+        save_torch(tmp_path / "big.pt", {"w": torch.zeros(10_000)})
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(tmp_path / "big.pt")
+    assert "MiB free" in exc.value.strerror and list(tmp_path.iterdir()) == []
+
+
+def test_fault3_predict_on_a_full_disk_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch, capsys) -> None:
+    import errno
+
+    from bismap.cli import main
+    from test_predict import constant_checkpoint
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(images / "a.png")
+    ckpt = constant_checkpoint(tmp_path / "c.pt", 3, None)
+
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def full(src, dst):  # the write "fills the disk" once the folders exist and the temporary is written
+        if str(dst).startswith(str(out)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    rc = main(["predict", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+               "--device", "cpu", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count("\n") == 1 and "No space left on device (ENOSPC)" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_predict_stops_on_an_unreadable_image_or_skips_it_with_a_summary(tmp_path, capsys) -> None:
+    from bismap.cli import main
+    from test_predict import constant_checkpoint
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(images / "a.png")
+    (images / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(images / "c.png")
+    ckpt = constant_checkpoint(tmp_path / "c.pt", 3, None)
+    args = ["predict", "--checkpoint", str(ckpt), "--images", str(images), "--device", "cpu", "--threads", "1"]
+    assert main(args + ["--out", str(tmp_path / "stop")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "b.png" in err and "--skip-unreadable" in err
+    assert main(args + ["--out", str(tmp_path / "skip"), "--skip-unreadable"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 of 3 unreadable image(s)" in err and "b.png" in err
+    assert sorted(p.name for p in (tmp_path / "skip" / "labels").iterdir()) == ["a.png", "c.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Logs lost
+
+
+def test_fault8_rule_log_keeps_earlier_attempts(tmp_path, monkeypatch) -> None:
+    from bismap.workflow.stage_logging import stage_logging
+
+    _console(monkeypatch)
+    smk = _smk(tmp_path, [])
+    log = Path(smk.log[0])
+    with pytest.raises(SystemExit):
+        with stage_logging(smk):
+            print("first attempt got to iteration 224")
+            raise RuntimeError("killed")
+    log.unlink()  # Snakemake deletes the rule log before it reruns the job
+    with stage_logging(smk):
+        print("second attempt")
+    text = log.read_text()
+    assert "===== attempt 1 of demo" in text and "===== attempt 2 of demo" in text
+    assert text.index("iteration 224") < text.index("===== attempt 2") < text.index("second attempt")
