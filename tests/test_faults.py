@@ -338,3 +338,88 @@ def test_fault7_dataset_root_with_the_synthetic_benchmark_on_is_refused(wf) -> N
                      "--config", 'data={"target": {"root": "/data/cityscapes"}}')
     assert proc.returncode != 0
     assert "data.target.root is set (/data/cityscapes) but synthetic.enabled is true" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Problems found hours late; 5. warnings nobody sees (the preflight stage)
+
+
+def _datasets(tmp_path: Path) -> dict:
+    source = make_gta(tmp_path / "gta5")
+    make_cityscapes(tmp_path / "cityscapes", "train", seed=1)
+    make_cityscapes(tmp_path / "cityscapes", "val", seed=2, n=2)
+    root = str(tmp_path / "cityscapes")
+    return {"source": source,
+            "target train": {"dataset": "cityscapes", "root": root, "split": "train", "size": None},
+            "target val": {"dataset": "cityscapes", "root": root, "split": "val", "size": None}}
+
+
+PREFLIGHT_CFG = {"model": dict(MODEL), "student": {"student_backbone": None, "student_weights": None},
+                 "stm": {"extractor": "warmup", "weights": None}}
+
+
+def test_fault4_preflight_reports_every_problem_at_once(tmp_path) -> None:
+    from bismap.io import InputError
+    from bismap.stages import preflight
+
+    datasets = _datasets(tmp_path)
+    val_gt = sorted((tmp_path / "cityscapes" / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
+    val_gt.write_bytes(val_gt.read_bytes()[:60])                       # truncated val ground truth
+    bad = Path(datasets["source"]["root"]) / "labels" / "00002.png"
+    Image.fromarray(np.full((32, 64), 250, np.uint8)).save(bad)        # a label value no table knows
+    datasets["missing"] = {**datasets["target val"], "split": "test"}  # a split that does not exist
+    weights = tmp_path / "backbone.pth"
+    torch.save({"state_dict": {"not.a.resnet.key": torch.zeros(1)}}, weights)
+    cfg = {**PREFLIGHT_CFG, "model": {**MODEL, "weights": str(weights)}}
+    out = tmp_path / "preflight.json"
+    with pytest.raises(InputError) as exc:
+        preflight.run(datasets=datasets, out_report=out, out_summary=tmp_path / "preflight.md", threads=2, **cfg)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("preflight found 4 problem(s) in the inputs: ")
+    for culprit in (val_gt.name, "00002.png: unknown label value(s) 250", "split 'test' not found", str(weights)):
+        assert culprit in msg, (culprit, msg)
+    assert not out.exists()
+
+
+def test_fault4_preflight_writes_its_report_when_all_is_well(tmp_path) -> None:
+    import json
+
+    from bismap.stages import preflight
+
+    out = tmp_path / "preflight.json"
+    preflight.run(datasets=_datasets(tmp_path), out_report=out, out_summary=tmp_path / "preflight.md", threads=2,
+                  **PREFLIGHT_CFG)
+    report = json.loads(out.read_text())
+    assert report["status"] == "ok" and report["totals"] == {"images": 10, "labels": 10}
+    assert report["datasets"]["target val"]["images"] == 2
+    assert "| target val |" in (tmp_path / "preflight.md").read_text()
+
+
+def test_fault4_every_training_rule_waits_for_the_preflight(wf) -> None:
+    from test_workflow import snakemake
+
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-2000:]
+    for rule in ("warmup", "oracle", "naive_self_training", "self_training", "distillation"):
+        block = text.split(f"rule {rule}:", 1)[1].split("\n\n", 1)[0]
+        assert "results/tiny/preflight.json" in block, (rule, block)
+
+
+def test_fault5_preflight_warnings_reach_the_console(tmp_path, monkeypatch) -> None:
+    from bismap.stages import preflight
+    from bismap.workflow.stage_logging import stage_logging
+
+    datasets = _datasets(tmp_path)
+    gta = Path(datasets["source"]["root"])
+    (gta / "labels" / "00003.png").unlink()                            # an image without a label
+    Image.fromarray(np.zeros((16, 32), np.uint8) + 7).save(gta / "labels" / "00004.png")  # size mismatch
+    console = _console(monkeypatch)
+    out = tmp_path / "preflight.json"
+    with stage_logging(_smk(tmp_path, [out], rule="preflight")):
+        preflight.run(datasets=datasets, out_report=out, out_summary=tmp_path / "preflight.md", threads=1,
+                      **PREFLIGHT_CFG)
+    text = console.getvalue()
+    assert "bismap preflight: warning:" in text
+    assert "1 images without label skipped (first: 00003.png)" in text
+    assert "1 pairs differ in size" in text
