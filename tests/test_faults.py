@@ -423,3 +423,27 @@ def test_fault5_preflight_warnings_reach_the_console(tmp_path, monkeypatch) -> N
     assert "bismap preflight: warning:" in text
     assert "1 images without label skipped (first: 00003.png)" in text
     assert "1 pairs differ in size" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Determinism across threads: the thread count is recorded with every label set
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fault9_label_quality_records_the_thread_count(tmp_path, threads) -> None:
+    import json
+
+    from bismap.stages import naive_labels, teacher_labels
+    from test_stages_training import constant_checkpoint
+
+    tgt = make_cityscapes(tmp_path / "cityscapes", "train", seed=1, n=2)
+    ckpt = constant_checkpoint(tmp_path / "c.pt", 0)
+    q = tmp_path / "naive.quality.json"
+    naive_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=tmp_path / "naive",
+                     out_quality=q, cfg={"threshold": 0.0}, data=DATA, threads=threads)
+    assert json.loads(q.read_text())["threads"] == threads
+    tq = tmp_path / "teacher.quality.json"
+    teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=tmp_path / "t",
+                       out_quality=tq, cfg={"scales": [1.0], "flip": False, "batch_size": 1,
+                                            "adabn": {"enabled": False}}, data=DATA, threads=threads)
+    assert json.loads(tq.read_text())["threads"] == threads
