@@ -193,3 +193,29 @@ def sample_label_dirs():
     if ROUNDS > 0:
         out[f"teacher r{ROUNDS}"] = f"{RESULTS}/labels/teacher_r{ROUNDS}"
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Preflight (rules/preflight.smk)
+
+
+def preflight_datasets():
+    """Name -> dataset spec of everything the run reads, as the stages open it."""
+    source = source_spec() if STYLIZE == "folder" else source_raw_spec()
+    out = {"source": source,
+           "target train": target_spec("train", labels=None if TARGET_GT else "none"),
+           "target val": target_spec("val")}
+    return out
+
+
+def preflight_inputs():
+    out = {"source_root": SOURCE_ROOT, "target_root": TARGET_ROOT, **model_inputs()}
+    if STYLIZE == "folder":
+        out["stylized"] = STYLIZED
+    out.update(weights_input("student_weights", C("distillation/student_weights")))
+    if C("stm/extractor") == "simclr" and C("stm/weights"):
+        out["stm_weights"] = C("stm/weights")
+    return out
+
+
+PREFLIGHT = f"{RESULTS}/preflight.json"

@@ -231,6 +231,10 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     assert "| BiSMAP self-training |" in proc.stdout + proc.stderr  # printed at the end of the run
     for png in ("figures/miou.png", "figures/samples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a successful run leaves no temporaries (issue 12), checked its inputs first, keeps attempt logs
+    assert not [p for p in wf.rglob(".*") if ".tmp" in p.name or p.name.endswith(".old")]
+    assert json.loads((out / "preflight.json").read_text())["status"] == "ok"
+    assert "===== attempt 1 of warmup" in (wf / "logs" / "tiny" / "warmup.log.attempts").read_text()
 
     # Nothing changed: nothing to do.
     again = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml")
