@@ -447,3 +447,30 @@ def test_fault9_label_quality_records_the_thread_count(tmp_path, threads) -> Non
                        out_quality=tq, cfg={"scales": [1.0], "flip": False, "batch_size": 1,
                                             "adabn": {"enabled": False}}, data=DATA, threads=threads)
     assert json.loads(tq.read_text())["threads"] == threads
+
+
+def test_fault3_evaluate_on_a_read_only_or_full_disk_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    import errno
+
+    from bismap.cli import main
+    from test_evaluation import write_gt
+
+    gts = write_gt(tmp_path / "cs", np.random.default_rng(1), n=2)
+    (tmp_path / "pred").mkdir()
+    for prefix, gt in gts:
+        Image.fromarray(gt).save(tmp_path / "pred" / f"{prefix}_leftImg8bit.png")
+    out_dir = tmp_path / "metrics"
+    real_replace = os.replace
+
+    def read_only(src, dst):
+        if str(dst).startswith(str(out_dir)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    rc = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "cs"), "--pred-format",
+               "labelIds", "--out", str(out_dir / "m.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{out_dir}" in err and "Read-only file system (EROFS); the filesystem is mounted read-only" in err
+    assert [p for p in out_dir.rglob("*") if p.is_file()] == []

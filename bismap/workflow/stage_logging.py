@@ -115,7 +115,10 @@ def stage_logging(smk: Any) -> Iterator[None]:
 
         warnings.showwarning = record
         print(f"[{rule}] start, threads={smk.threads}", flush=True)
-        for out in list(getattr(smk, "output", [])):
+        # Under DDP only rank 0 writes outputs, so only rank 0 clears their temporaries (before the process
+        # group forms, so no rank is writing yet).
+        main_rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+        for out in list(getattr(smk, "output", [])) if main_rank else []:
             for p in remove_stale_temporaries(out):
                 print(f"[{rule}] removed {p}, left by a killed earlier attempt", flush=True)
         try:
