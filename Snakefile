@@ -29,6 +29,7 @@ wildcard_constraints:
 
 
 include: "rules/data.smk"
+include: "rules/preflight.smk"
 include: "rules/warmup.smk"
 include: "rules/stm.smk"
 include: "rules/prototypes.smk"

@@ -30,6 +30,7 @@ rule stm_features:
     """Grid features of every source and target train image (HDF5)."""
     input:
         unpack(stm_extractor_inputs),
+        **preflight("stm"),
         **source_inputs(),
         target_root=TARGET_ROOT,
     output:

@@ -70,7 +70,6 @@ SKIP: dict[str, str] = {
 }
 
 # A link target that may dangle until another branch adds it.
-ALLOWED_DANGLING_LINKS = {"docs/troubleshooting.md": "written on another branch; lands with it"}
 
 
 def _logical_lines(block: str) -> list[str]:
@@ -213,7 +212,6 @@ def test_relative_links_resolve(path):
         if re.match(r"^[a-z]+:", target) or target.startswith("#"):
             continue  # web links and anchors in the same file
         file = (path.parent / target.split("#", 1)[0]).resolve()
-        rel = os.path.relpath(file, REPO)
-        if not file.exists() and rel not in ALLOWED_DANGLING_LINKS:
+        if not file.exists():
             broken.append(target)
     assert not broken, f"{path.relative_to(REPO)}: links to missing files: {broken}"

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "configs", "config.yaml", "envs", "report")
 
 ALL_RULES = {
-    "synthetic_data": 1, "stylize": 1, "warmup": 1, "oracle": 1, "class_entropy": 1, "stm_features": 1,
+    "synthetic_data": 1, "stylize": 1, "preflight": 3, "warmup": 1, "oracle": 1, "class_entropy": 1, "stm_features": 1,
     "stm_prototypes": 1, "stm_maps": 1, "source_features": 1, "fit_prototypes": 1, "pseudo_labels": 1,
     "naive_labels": 1, "naive_self_training": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
     "evaluate": 6, "report": 1, "all": 1,
@@ -258,6 +258,13 @@ EXACT_RERUNS = [
     ("distillation: {rounds: 3}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1, "all": 1}),
     # A report key touches only the report.
     ("report: {samples: 1}\n", {"report": 1, "all": 1}),
+    # Another val split: its preflight part and every evaluation, no training.
+    ("data: {target: {val_split: train}}\n", {"preflight": 1, "evaluate": 6, "report": 1, "all": 1}),
+    # A rerun preflight part never hides other reruns (an ancient() edge to one preflight for
+    # everything did: Snakemake then skipped every job downstream of it, stm.k edit included).
+    ("data: {target: {val_split: train}}\nstm: {k: 4}\n",
+     {"preflight": 1, "stm_prototypes": 1, "stm_maps": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
+      "evaluate": 6, "report": 1, "all": 1}),
 ]
 
 
@@ -275,6 +282,11 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     assert "| BiSMAP self-training |" in proc.stdout + proc.stderr  # printed at the end of the run
     for png in ("figures/miou.png", "figures/samples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a successful run leaves no temporaries (issue 12), checked its inputs first, keeps attempt logs
+    assert not [p for p in wf.rglob(".*") if ".tmp" in p.name or p.name.endswith(".old")]
+    for part in ("source", "target", "val"):
+        assert json.loads((out / "preflight" / f"{part}.json").read_text())["status"] == "ok"
+    assert "===== attempt 1 of warmup" in (wf / "logs" / "tiny" / "warmup.log.attempts").read_text()
 
     # Nothing changed: nothing to do.
     again = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml")

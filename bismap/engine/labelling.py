@@ -106,7 +106,16 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
         quality = label_quality(_quality_pairs(ds, gt_ds, predict, mode, threshold, class_thr, Path(tmp), stage))
     if class_thr is not None and isinstance(quality, dict):
         quality = {**quality, "class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}}
-    write_json(out_quality, quality)
+    write_json(out_quality, {**quality, **thread_record()})
+
+
+def thread_record() -> dict:
+    """The intra-op thread count the labels were computed with: float sums are ordered differently for
+    another count, so a pixel near a threshold or a class tie can flip (about 1 in 400 images on the
+    synthetic benchmark). Recorded so two label sets can be compared; see docs/troubleshooting.md."""
+    import torch
+
+    return {"threads": torch.get_num_threads()}
 
 
 def prepare_model(checkpoint, target_ds, cfg: dict, data: dict, device: torch.device, stage: str):

@@ -21,6 +21,7 @@ from bismap.engine import checkpoint as ckpt_io
 from bismap.engine import distributed as ddp
 from bismap.engine.device import resolve_amp
 from bismap.engine.ema import create_ema, update_ema
+from bismap.engine.fingerprint import changed_parts
 from bismap.engine.optim import from_train_cfg
 from bismap.engine.stream import InfiniteStream, mix_seed
 
@@ -35,7 +36,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
 # Keys the trainer accepts but that belong to the caller (e.g. the streams' batch size).
 _PASSTHROUGH_KEYS = {"batch_size"}
 _RESERVED = {"format", "model_config", "model", "ema", "iteration", "fingerprint", "train_cfg", "optimizer",
-             "scheduler", "scaler", "rng", "streams", "world_size"}
+             "scheduler", "scaler", "rng", "streams", "world_size", "fingerprint_parts"}
 
 
 @dataclass
@@ -252,9 +253,10 @@ def _resume(run: _Run) -> int:
     except Exception as e:
         _note(run, f"note: ignoring unreadable resume file {run.resume_file} ({e})")
     if state is not None and state.get("fingerprint") != run.fingerprint:
-        _note(run, f"note: {run.resume_file} was written by a different configuration (fingerprint "
-                   f"{str(state.get('fingerprint'))[:12]} != {run.fingerprint[:12]}); starting fresh and "
-                   f"overwriting it")
+        changed = changed_parts(state.get("fingerprint_parts"), getattr(run.fingerprint, "parts", None))
+        what = ", ".join(changed) if changed else "configuration or inputs"
+        _note(run, f"note: not resuming from {run.resume_file}: {what} changed since it was written (fingerprint "
+                   f"{str(state.get('fingerprint'))[:12]} != {run.fingerprint[:12]}); starting fresh")
         state = None
     if state is not None and int(state.get("world_size", 1)) != run.info.world_size:
         _note(run, f"note: {run.resume_file} was written by {state.get('world_size')} process(es), this run has "
@@ -347,7 +349,8 @@ def _save_resume(run: _Run, iteration: int) -> None:
     rank_state = {"rng": ckpt_io.capture_rng_state(), "streams": {k: s.state_dict() for k, s in run.streams.items()}}
     gathered = ddp.all_gather_object(rank_state)
     if run.main:
-        state = {"format": ckpt_io.RESUME_FORMAT, "fingerprint": run.fingerprint, "iteration": iteration,
+        state = {"format": ckpt_io.RESUME_FORMAT, "fingerprint": str(run.fingerprint),
+                 "fingerprint_parts": dict(getattr(run.fingerprint, "parts", {})), "iteration": iteration,
                  "world_size": run.info.world_size, "model_config": run.model_config, "train_cfg": run.cfg,
                  "model": run.model.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
                  "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import predict_label_maps
+from bismap.engine.labelling import thread_record
 from bismap.engine.stage_setup import setup_device
 
 SECTION = "teacher_labels"
@@ -73,5 +74,5 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(labelled(tmp))
     quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip,
-                    "adabn": bool(cfg["adabn"]["enabled"])})
+                    "adabn": bool(cfg["adabn"]["enabled"]), **thread_record()})
     write_json(out_quality, quality)
