@@ -29,6 +29,7 @@ wildcard_constraints:
 
 
 include: "rules/data.smk"
+include: "rules/preflight.smk"
 include: "rules/warmup.smk"
 include: "rules/stm.smk"
 include: "rules/prototypes.smk"
@@ -54,4 +55,4 @@ onsuccess:
 
 onerror:
     # On SLURM: name the resource (mem_mb / runtime) to raise for jobs the scheduler killed.
-    shell("{sys.executable} -m bismap.slurm_hints --since {RUN_START} .snakemake/slurm_logs || true")
+    shell("{sys.executable} -m bismap.workflow.slurm_hints --since {RUN_START} .snakemake/slurm_logs || true")

@@ -6,16 +6,92 @@ into place only once complete (rename is atomic on POSIX within one filesystem).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 
 class InputError(ValueError):
     """Bad user input (a file, a folder, a value). Its message is one line that names the culprit."""
+
+
+def check_keys(section: str, cfg: Mapping[str, Any], keys: Iterable[str]) -> None:
+    """A config slice must hold exactly `keys`: defaults live in configs/schema.yaml only, so a
+    missing key is an error (not a second, silent default) and an unknown one is a typo."""
+    keys = set(keys)
+    missing, unknown = sorted(keys - set(cfg)), sorted(set(cfg) - keys)
+    if unknown:
+        raise InputError(f"{section}: unknown key(s) {unknown} (known: {sorted(keys)})")
+    if missing:
+        raise InputError(f"{section}: missing key(s) {missing} (configs/schema.yaml has their defaults)")
+# What _tmp_sibling / atomic_dir name their temporaries: `.<name>.<8 random chars>.tmp[.suffix]` and
+# `.<name>.<8 random chars>.old`; the resume file's are `.<name>.resume.pt.<8 chars>.tmp.pt`.
+def _stale_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(name)}\.(?:resume\.pt\.)?[a-z0-9_]{{8}}\.(?:tmp(?:\.[A-Za-z0-9]+)?|old)$")
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary siblings of `path` that a killed writer of ours left (our naming pattern only)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = _stale_pattern(path.name)
+    return sorted(p for p in path.parent.iterdir() if pattern.match(p.name))
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete what stale_temporaries(path) finds (files or folders); returns what was removed.
+
+    Call only while nothing else writes `path` (a Snakemake job owns its outputs)."""
+    removed = stale_temporaries(path)
+    for p in removed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+# errno -> what the user should do; anything else gets the generic advice.
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free space on that filesystem (temporaries of killed runs, .<name>.*.tmp*, are safe to "
+                  "delete; see docs/troubleshooting.md) and rerun: training resumes from its last resume file",
+    errno.EDQUOT: "the disk quota is exhausted: free space or raise the quota, then rerun",
+    errno.EACCES: "make the path readable/writable for this user (or write results elsewhere), then rerun",
+    errno.EPERM: "make the path readable/writable for this user (or write results elsewhere), then rerun",
+    errno.EROFS: "the filesystem is mounted read-only: run from a writable folder, then rerun",
+    errno.EIO: "the disk or network filesystem reported an I/O error: check it (dmesg, storage status), then rerun",
+}
+
+
+def os_error_in(exc: BaseException | None) -> OSError | None:
+    """The OSError behind `exc` (itself, or in its cause/context chain); torch's zip writer reports a full
+    disk as a RuntimeError whose text mentions it, which counts as ENOSPC."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, InputError):
+            return exc
+        if isinstance(exc, RuntimeError) and "No space left on device" in str(exc):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def os_error_message(e: OSError) -> str:
+    """One line: the path, the errno text and what to do."""
+    where = e.filename if e.filename is not None else "(path unknown)"
+    if getattr(e, "filename2", None):
+        where = f"{where} -> {e.filename2}"
+    name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "?"
+    text = e.strerror or os.strerror(e.errno or 0)
+    advice = _OS_ERROR_ADVICE.get(e.errno, "fix the cause above, then rerun")
+    return f"{where}: {text} ({name}); {advice}"
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
@@ -82,5 +158,55 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 
     # Through a file object, not the path: torch names the zip archive after the file, and the
     # temporary name would then make identical checkpoints differ byte for byte.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+    check_free_space(path, _tensor_bytes(obj))
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:  # the zip writer hides ENOSPC inside "unexpected pos ..." messages
+        if os_error_in(e) is not None or "unexpected pos" in str(e) or "file write failed" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict/list: what torch.save will write, give or take metadata."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def check_free_space(path: str | os.PathLike, needed: int) -> None:
+    """OSError(ENOSPC) naming `path` when its filesystem has less than `needed` bytes free: a checkpoint
+    then fails before writing instead of after filling the disk."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if needed > free:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (needs about {needed / 2**20:.0f} MiB, "
+                                    f"{free / 2**20:.0f} MiB free)", str(path))
+
+
+def load_torch_file(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """A dict saved by save_torch with `"format": fmt`; InputError naming the file otherwise."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {what} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise InputError(f"{path}: not a readable {what} ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise InputError(f"{path}: not a {fmt} {what}")
+    return obj

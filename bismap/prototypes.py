@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
+from bismap.io import InputError, load_torch_file
 from bismap.kmeans import _device, kmeans, kmeans_best_draw
 
-__all__ = ["kmeans", "kmeans_best_draw", "DiagonalGMM", "ClassScorer", "best_class", "class_log_likelihood"]
+__all__ = ["kmeans", "kmeans_best_draw", "DiagonalGMM", "ClassScorer", "best_class", "class_log_likelihood",
+           "load_prototypes"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 TIE_RTOL = 1e-4  # best_class: float32 class scores closer than this (relative) are re-scored in float64
@@ -383,3 +385,15 @@ def class_log_likelihood(gmms: dict[int, DiagonalGMM], x: torch.Tensor, num_clas
                          batch_size: int = 65536, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """[N, num_classes] mixture log-likelihood per class in `dtype`; classes without a GMM get -inf."""
     return ClassScorer(gmms, num_classes, dtype)(x, batch_size)
+
+
+PROTOTYPES_FORMAT = "bismap-gmm/1"  # the file fit_prototypes writes
+
+
+def load_prototypes(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[int, DiagonalGMM], dict]:
+    """Read a prototypes file written by run(): ({class: fitted GMM}, the raw dict)."""
+    obj = load_torch_file(path, PROTOTYPES_FORMAT, "prototypes file")
+    gmms = {int(c): DiagonalGMM(device=device).load_state_dict(s) for c, s in obj["classes"].items()}
+    if not gmms:
+        raise InputError(f"{path}: prototypes file holds no class GMM")
+    return gmms, obj

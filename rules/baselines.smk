@@ -31,6 +31,7 @@ rule naive_labels:
 rule naive_self_training:
     """Self-training on the naive labels with the naive_self_training settings."""
     input:
+        **preflight("source", "target"),
         **source_inputs(),
         target_root=TARGET_ROOT,
         pseudo_labels=rules.naive_labels.output.out_dir,
@@ -65,6 +66,7 @@ if ORACLE:
     rule oracle:
         """Target-supervised upper bound: the warm-up stage on target train with its ground truth."""
         input:
+            **preflight("target"),
             **model_inputs(),
             target_root=TARGET_ROOT,
         output:

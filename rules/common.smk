@@ -13,6 +13,23 @@ def C(dpath):
     return lookup(dpath=dpath, within=config)
 
 
+# A rule's params are exactly the config keys its stage reads, so an edit reruns only the stages
+# whose result depends on it. The one pattern: `cfg=C("<section>")` when the stage reads every
+# key of its section, else `cfg=keys("<section>", <the keys it reads>)`. Speed-only knobs live
+# in `runtime`, which is no param: scripts pass snakemake.config["runtime"] to the stage.
+def keys(section, *names):
+    """The named keys of one config section (each looked up with C)."""
+    return {name: C(f"{section}/{name}") for name in names}
+
+
+STM_FEATURES_KEYS = ("extractor", "weights", "weights_key", "depth", "width_multiplier", "sk_ratio", "image_size",
+                     "mean", "std", "pool", "grid", "batch_size")
+STM_PROTOTYPES_KEYS = ("k", "kmeans_seed", "kmeans_n_init", "kmeans_max_iter", "kmeans_tol", "max_samples")
+STM_MAPS_KEYS = ("momentum", "entropy_bonus")
+# A round's result does not depend on how many rounds follow it.
+DISTILLATION_KEYS = ("init", "use_stm", "sce", "kd", "student_weights", "student_backbone")
+
+
 EXP = config["experiment"]
 RESULTS = f"results/{EXP}"
 LOGS = f"logs/{EXP}"
@@ -75,8 +92,8 @@ def train_cfg(stage):
 
 
 def data_cfg():
-    """The `data` slice stages read: loading/normalisation only (dataset roots travel in specs)."""
-    return {key: C(f"data/{key}") for key in ("mean", "std", "workers", "device")}
+    """The `data` slice stages read: normalisation only (dataset roots travel in specs)."""
+    return keys("data", "mean", "std")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,3 +210,46 @@ def sample_label_dirs():
     if ROUNDS > 0:
         out[f"teacher r{ROUNDS}"] = f"{RESULTS}/labels/teacher_r{ROUNDS}"
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Preflight (rules/preflight.smk)
+
+
+def preflight_parts():
+    """Part -> what its preflight job checks: datasets (name -> spec), weights selectors, input files.
+
+    A part's params hold only what the params of every rule that takes it as an input already hold
+    (the source part: the source spec and model; the val part: the val spec; ...). So a part reruns
+    only together with the jobs that read the same data, and the edges can be plain inputs. They
+    must not be ancient(): Snakemake 9 never reconsiders a job whose only link to a job that reruns
+    is an ancient() input, even when the job's own params changed, so one preflight for everything
+    as an ancient() input hid reruns (e.g. of evaluation after a change of the val split).
+    """
+    model = C("model")
+    source = source_spec() if STYLIZE == "folder" else source_raw_spec()
+    parts = {
+        "source": {"datasets": {"source": source}, "model": model,
+                   "inputs": {**source_inputs(), **model_inputs()} if STYLIZE == "folder"
+                   else {"source_root": SOURCE_ROOT, **model_inputs()}},
+        "target": {"datasets": {"target train": target_spec("train", labels=None if TARGET_GT else "none")},
+                   "inputs": {"target_root": TARGET_ROOT}},
+        "val": {"datasets": {"target val": target_spec("val")}, "inputs": {"target_root": TARGET_ROOT}},
+    }
+    student = weights_input("student_weights", C("distillation/student_weights"))
+    if student:
+        parts["student"] = {"model": model, "inputs": student,
+                            "student": {k: C(f"distillation/{k}") for k in ("student_backbone", "student_weights")}}
+    if C("stm/extractor") == "simclr" and C("stm/weights"):
+        parts["stm"] = {"stm": keys("stm", "extractor", "weights", "weights_key", "depth", "width_multiplier",
+                                    "sk_ratio"),
+                        "inputs": {"stm_weights": C("stm/weights")}}
+    return parts
+
+
+PREFLIGHT_PARTS = preflight_parts()
+
+
+def preflight(*parts):
+    """Preflight reports of `parts` as inputs (only the parts this config has)."""
+    return {f"preflight_{p}": f"{RESULTS}/preflight/{p}.json" for p in parts if p in PREFLIGHT_PARTS}

@@ -6,6 +6,7 @@ rule evaluate:
     input:
         checkpoint=model_ckpt("{model}"),
         target_root=TARGET_ROOT,
+        **preflight("val"),
     output:
         out_json=f"{RESULTS}/metrics/{{model}}.json",
         out_confusion_csv=f"{RESULTS}/metrics/{{model}}.confusion.csv",

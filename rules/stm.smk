@@ -30,6 +30,7 @@ rule stm_features:
     """Grid features of every source and target train image (HDF5)."""
     input:
         unpack(stm_extractor_inputs),
+        **preflight("stm"),
         **source_inputs(),
         target_root=TARGET_ROOT,
     output:
@@ -37,7 +38,7 @@ rule stm_features:
     params:
         source=source_spec(),
         target=target_spec("train", labels="none"),
-        cfg=C("stm"),
+        cfg=keys("stm", *STM_FEATURES_KEYS),
         data=data_cfg(),
     log:
         f"{LOGS}/stm_features.log",
@@ -59,7 +60,7 @@ rule stm_prototypes:
     output:
         out_path=f"{RESULTS}/stm/prototypes.pt",
     params:
-        cfg=C("stm"),
+        cfg=keys("stm", *STM_PROTOTYPES_KEYS),
     log:
         f"{LOGS}/stm_prototypes.log",
     benchmark:
@@ -84,7 +85,7 @@ rule stm_maps:
         out_h5=f"{RESULTS}/stm/maps.h5",
     params:
         source=source_spec(),
-        cfg=C("stm"),
+        cfg=keys("stm", *STM_MAPS_KEYS),
     log:
         f"{LOGS}/stm_maps.log",
     benchmark:

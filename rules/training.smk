@@ -5,6 +5,7 @@
 rule self_training:
     """Self-training: STM-weighted source CE + SCE on pseudo labels + mean-teacher consistency."""
     input:
+        **preflight("source", "target"),
         **source_inputs(),
         target_root=TARGET_ROOT,
         pseudo_labels=rules.pseudo_labels.output.out_dir,
@@ -63,6 +64,7 @@ rule teacher_labels:
 rule distillation:
     """Distillation round r: a fresh student learns from the previous model and its labels."""
     input:
+        **preflight("source", "target", "student"),
         **source_inputs(),
         target_root=TARGET_ROOT,
         teacher_labels=f"{RESULTS}/labels/teacher_r{{r}}",
@@ -77,7 +79,7 @@ rule distillation:
         model=C("model"),
         train=train_cfg("distillation"),
         augment=C("augment"),
-        cfg=C("distillation"),
+        cfg=keys("distillation", *DISTILLATION_KEYS),
         data=data_cfg(),
     log:
         f"{LOGS}/distillation_r{{r}}.log",

@@ -4,6 +4,7 @@
 rule warmup:
     """Source-only training: the source-only baseline and the model the prototypes come from."""
     input:
+        **preflight("source"),
         **source_inputs(),
         **model_inputs(),
     output:

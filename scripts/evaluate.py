@@ -1,6 +1,6 @@
 """Snakemake entry point of the evaluate stage (rule in rules/evaluation.smk); plumbing only."""
 import _bootstrap  # noqa: F401  (repository root on sys.path)
-from bismap.workflow import stage_logging
+from bismap.workflow.stage_logging import stage_logging
 
 smk = snakemake  # noqa: F821  (injected by Snakemake)
 
@@ -9,4 +9,4 @@ with stage_logging(smk):
 
     run(checkpoint=smk.input.checkpoint, target=smk.params.target, out_json=smk.output.out_json,
         out_confusion_csv=smk.output.out_confusion_csv, cfg=smk.params.cfg, data=smk.params.data,
-        threads=smk.threads)
+        runtime=smk.config["runtime"], threads=smk.threads)

@@ -1,6 +1,6 @@
 """Snakemake entry point of the self_training stage (rule in rules/training.smk); plumbing only."""
 import _bootstrap  # noqa: F401  (repository root on sys.path)
-from bismap.workflow import stage_logging
+from bismap.workflow.stage_logging import stage_logging
 
 smk = snakemake  # noqa: F821  (injected by Snakemake)
 
@@ -10,4 +10,5 @@ with stage_logging(smk):
     run(source=smk.params.source, target=smk.params.target, stm_maps=smk.input.get("stm_maps"),
         init_checkpoint=smk.input.get("init_checkpoint"),
         out_checkpoint=smk.output.checkpoint, model=smk.params.model, train=smk.params.train,
-        augment=smk.params.augment, cfg=smk.params.cfg, data=smk.params.data, threads=smk.threads)
+        augment=smk.params.augment, cfg=smk.params.cfg, data=smk.params.data,
+        runtime=smk.config["runtime"], threads=smk.threads)

@@ -1,6 +1,6 @@
 """Snakemake entry point of the warmup (and oracle) stage (rule in rules/warmup.smk, baselines.smk); plumbing only."""
 import _bootstrap  # noqa: F401  (repository root on sys.path)
-from bismap.workflow import stage_logging
+from bismap.workflow.stage_logging import stage_logging
 
 smk = snakemake  # noqa: F821  (injected by Snakemake)
 
@@ -8,4 +8,5 @@ with stage_logging(smk):
     from bismap.stages.warmup import run
 
     run(source=smk.params.source, out_checkpoint=smk.output.checkpoint, model=smk.params.model,
-        train=smk.params.train, augment=smk.params.augment, data=smk.params.data, threads=smk.threads)
+        train=smk.params.train, augment=smk.params.augment, data=smk.params.data,
+        runtime=smk.config["runtime"], threads=smk.threads)

@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from bismap import benchmark
+from bismap import sweep as benchmark
 from bismap.io import InputError
 
 
@@ -82,37 +82,27 @@ def test_mean_std_edge_cases():
     assert m == 2.5 and s == pytest.approx(math.sqrt(5 / 3))
 
 
-# What Snakemake 9 prints for a dry run of `prototypes.components: 1` against a finished run.
-DRY_RUN_K1 = """Job stats:
-job               count
---------------  -------
-fit_prototypes        1
-pseudo_labels         1
-total                 2
-
-Reasons:
-    (check individual jobs above for details)
-    input files updated by another job:
-        all, distillation, evaluate, pseudo_labels, report, self_training, teacher_labels
-    params have changed since last execution:
-        fit_prototypes
-Some jobs were triggered by provenance information, see 'reason' section in the rule displays above.
-"""
-
-DRY_RUN_MISSING = """Reasons:
-    (check individual jobs above for details)
-    input files updated by another job:
-        all, warmup
-    output files have to be generated:
-        synthetic_data, warmup
-This was a dry-run (flag -n).
-"""
+H = "output_file\tdate\trule\tlog-file(s)\tinput-file(s)\tshellcmd\tstatus\tplan\n"
+D = "Tue Dec  1 02:11:27 2026"
+# What `snakemake --detailed-summary` (Snakemake 9) prints for `prototypes.components: 1` against a finished run.
+SUMMARY_K1 = ("Building DAG of jobs...\n" + H
+              + f"results/x/summary.json\t{D}\treport\t-\ta.json\t\tok\tupdate pending\n"
+              + f"results/x/pseudo/quality.json\t{D}\tpseudo_labels\tlogs/p.log\tm.pt,g.h5\t\tok\tupdate pending\n"
+              + f"results/x/prototypes/gmm.h5\t{D}\tfit_prototypes\tlogs/f.log\tbank.h5\t\tparams changed\tupdate pending\n"
+              + f"results/x/models/warmup.pt\t{D}\twarmup\tlogs/w.log\tsrc\t\tok\tno update\n")
+# ... when outputs are missing.
+SUMMARY_MISSING = (H + f"results/x/models/warmup.pt\t-\twarmup\t-\t-\t-\tmissing\tupdate pending\n"
+                   + f"results/x/data/done\t-\tsynthetic_data\t-\t-\t-\tmissing\tupdate pending\n"
+                   + f"results/x/models/st.pt\t{D}\tself_training\tlogs/s.log\ta\t\tok\tupdate pending\n")
+# ... for a finished run Snakemake keeps no provenance records of (input-file(s) is "-").
+SUMMARY_NO_RECORDS = (H + f"results/x/prototypes/gmm.h5\t{D}\tfit_prototypes\t-\t-\t-\tok\tno update\n")
 
 
-def test_rerun_roots_reads_snakemake_reasons():
-    assert benchmark.rerun_roots(DRY_RUN_K1) == (["fit_prototypes"], False)
-    assert benchmark.rerun_roots(DRY_RUN_MISSING) == (["synthetic_data", "warmup"], True)
-    assert benchmark.rerun_roots("Nothing to be done (all requested files are present and up to date).") == ([], False)
+def test_rerun_roots_reads_snakemake_summary():
+    assert benchmark.rerun_roots(SUMMARY_K1) == (["fit_prototypes"], False, False)
+    assert benchmark.rerun_roots(SUMMARY_MISSING) == (["synthetic_data", "warmup"], True, False)
+    assert benchmark.rerun_roots(SUMMARY_NO_RECORDS) == ([], False, True)
+    assert benchmark.rerun_roots("Building DAG of jobs...\n") == ([], False, False)
 
 
 FAKE_SNAKEMAKE = """#!/usr/bin/env python3
@@ -120,27 +110,27 @@ import json, os, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps(args) + "\\n")
-if "--dry-run" in args:
-    print(os.environ["FAKE_DRY_RUN"])
+if "--detailed-summary" in args:
+    print(os.environ["FAKE_SUMMARY"])
     sys.exit(0)
 sys.exit(int(os.environ.get("FAKE_RC", "0")))
 """
 
 
-def _fake_snakemake(tmp_path, monkeypatch, dry_run_text):
-    """A `snakemake` that logs its arguments and answers dry runs with dry_run_text."""
+def _fake_snakemake(tmp_path, monkeypatch, summary_text):
+    """A `snakemake` that logs its arguments and answers --detailed-summary with summary_text."""
     exe = tmp_path / "snakemake"
     exe.write_text(FAKE_SNAKEMAKE)
     exe.chmod(0o755)
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_LOG", str(log))
-    monkeypatch.setenv("FAKE_DRY_RUN", dry_run_text)
+    monkeypatch.setenv("FAKE_SUMMARY", summary_text)
     return _spec(tmp_path), exe, log
 
 
 def test_ablation_reuses_reference_run(tmp_path, monkeypatch):
     """An ablation starts from a copy of the finished `full` run and forces what the dry run names."""
-    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, DRY_RUN_K1)
+    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, SUMMARY_K1)
     root = tmp_path / "results"
     _summary(root, "b_full_s1", {"source-only": 0.2}, [0.1])
     (root / "b_full_s1" / "models").mkdir()
@@ -160,7 +150,7 @@ def test_ablation_reuses_reference_run(tmp_path, monkeypatch):
 
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     probe, first, second = calls
-    assert "--dry-run" in probe and probe[probe.index("--configfile") + 2].endswith("probe_b_k1_s1.yaml")
+    assert "--detailed-summary" in probe and probe[probe.index("--configfile") + 2].endswith("probe_b_k1_s1.yaml")
     probe_cfg = yaml.safe_load(open(probe[probe.index("--configfile") + 2]))
     assert probe_cfg["experiment"] == "b_full_s1" and probe_cfg["prototypes"] == {"components": 1}
     for call in (first, second):
@@ -171,7 +161,7 @@ def test_ablation_reuses_reference_run(tmp_path, monkeypatch):
 
 
 def test_ablation_without_reference_runs_from_scratch(tmp_path, monkeypatch):
-    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, DRY_RUN_MISSING)
+    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, SUMMARY_MISSING)
     root = tmp_path / "results"
     benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
@@ -180,8 +170,7 @@ def test_ablation_without_reference_runs_from_scratch(tmp_path, monkeypatch):
 
 def test_reference_without_provenance_is_not_reused(tmp_path, monkeypatch):
     """A reference run Snakemake has no records for cannot show a params change: run from scratch."""
-    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, "Nothing to be done.\n"
-                                     "16 jobs have missing provenance/metadata so that it in part cannot be used")
+    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, SUMMARY_NO_RECORDS)
     root = tmp_path / "results"
     _summary(root, "b_full_s1", {"source-only": 0.2}, [0.1])
     benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)

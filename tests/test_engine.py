@@ -10,6 +10,7 @@ from torch import nn
 
 from bismap.engine import checkpoint, inference, optim, stream, trainer
 from bismap.io import InputError
+from conftest import TINY_MODEL
 
 torch.set_num_threads(1)
 
@@ -66,8 +67,8 @@ def ce_loss(ctx):
 
 
 TRAIN = {"iterations": 8, "lr": 0.05, "head_lr_mult": 10, "momentum": 0.9, "weight_decay": 5e-4,
-         "warmup_iters": 2, "poly_power": 0.9, "min_lr": 1e-4, "amp": "auto", "checkpoint_every": 4,
-         "log_every": 3, "seed": 3}
+         "warmup_iters": 2, "poly_power": 0.9, "min_lr": 1e-4, "amp": "auto", "seed": 3}
+RUNTIME = {"checkpoint_every": 4, "log_every": 3}
 
 
 def make_run(seed: int = 0):
@@ -81,7 +82,7 @@ def run_fit(out: Path, fp: str = "fp", loss_fn=ce_loss, **kw):
     model, streams = make_run()
     trainer.fit(model=model, loss_fn=loss_fn, streams=streams, train_cfg=kw.pop("train", TRAIN), out_checkpoint=out,
                 fingerprint=fp, ema_decay=0.9, device="cpu", extra_state={"data": {"mean": [0, 0, 0]}},
-                tensorboard_dir=None, **kw)
+                tensorboard_dir=None, **RUNTIME, **kw)
     return torch.load(out, weights_only=True)
 
 
@@ -190,7 +191,7 @@ def test_fingerprint_mismatch_starts_fresh(tmp_path, capsys):
         run_fit(out, fp="old", loss_fn=dying)
     fresh = run_fit(out, fp="new")
     text = capsys.readouterr().out
-    assert "different configuration" in text and "resuming" not in text
+    assert "not resuming from" in text and "changed since it was written" in text and "resuming from" not in text.replace("not resuming from", "")
     reference = run_fit(tmp_path / "ref.pt", fp="new")
     assert_same_state(fresh["model"], reference["model"])
     assert "fingerprint" not in fresh  # final files depend on config and seed only
@@ -347,14 +348,13 @@ def test_fit_requires_model_config(tmp_path):
     del model.config
     with pytest.raises(ValueError, match="model_config"):
         trainer.fit(model=model, loss_fn=ce_loss, streams=streams, train_cfg=TRAIN, out_checkpoint=tmp_path / "x.pt",
-                    fingerprint="f", device="cpu", tensorboard_dir=None)
+                    fingerprint="f", device="cpu", tensorboard_dir=None, **RUNTIME)
 
 
 def test_fit_and_load_model_with_real_deeplab(tmp_path):
     """Integration with bismap.models: a 2-iteration fit of the embedded model, rebuilt by load_model."""
     models = pytest.importorskip("bismap.models")
-    cfg = {"backbone": "resnet18", "weights": "none", "aspp_channels": 16, "decoder_channels": 16,
-           "low_level_channels": 8, "num_classes": 19}
+    cfg = dict(TINY_MODEL)
     torch.manual_seed(0)
     net = models.build_model(cfg)
 
@@ -374,7 +374,7 @@ def test_fit_and_load_model_with_real_deeplab(tmp_path):
     out = tmp_path / "real.pt"
     trainer.fit(model=net, loss_fn=loss_fn, streams={"s": stream.InfiniteStream(Seg(), 2, seed=0)},
                 train_cfg={**TRAIN, "iterations": 2}, out_checkpoint=out, fingerprint="r", ema_decay=0.5,
-                device="cpu", model_config=cfg, tensorboard_dir=None)
+                device="cpu", model_config=cfg, tensorboard_dir=None, **RUNTIME)
     for which in ("model", "ema"):
         m = checkpoint.load_model(out, which=which)
         assert_same_state(m.state_dict(), torch.load(out, weights_only=True)[which])

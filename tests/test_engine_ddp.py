@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
-    from test_engine import TinyNet, ToyData, ce_loss, TRAIN
+    from test_engine import TinyNet, ToyData, ce_loss, TRAIN, RUNTIME
     from bismap.engine import distributed, stream, trainer
 
     # built before any process group exists, as the stages do: fit joins it (torchrun env)
@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     out = Path({out!r})
     trainer.fit(model=model, loss_fn=ce_loss, streams=streams, train_cfg={{**TRAIN, "iterations": 4}},
                 out_checkpoint=out / "final.pt", fingerprint="ddp", ema_decay=0.9, device="cpu",
-                tensorboard_dir=None)
+                tensorboard_dir=None, **RUNTIME)
     info = distributed.current_info()
     assert info.world_size == 2 and streams["a"].world_size == 2 and streams["a"].rank == info.rank
     torch.save(model.state_dict(), out / f"rank{{info.rank}}.pt")

@@ -151,7 +151,7 @@ def test_label_quality():
 
 
 def test_cli_evaluate_end_to_end(tmp_path, capsys):
-    from bismap import cli_evaluate
+    from bismap.cli import evaluate as cli_evaluate
 
     rng = np.random.default_rng(1)
     gts = write_gt(tmp_path / "cs", rng, n=2)

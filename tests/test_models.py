@@ -10,8 +10,14 @@ from bismap.models import build_model, freeze_batchnorm, load_pretrained
 from bismap.models.frozen_bn import FrozenBatchNorm2d
 
 torch.set_num_threads(1)
+from conftest import schema_defaults
 
 SMALL = {"aspp_channels": 32, "decoder_channels": 24, "low_level_channels": 8}
+
+
+def model_cfg(model: dict) -> dict:
+    """A complete `model` slice: the schema's defaults with `model` over them (typos kept, to test them)."""
+    return {**schema_defaults("model"), **model}
 
 
 def _check_groups(model: nn.Module) -> None:
@@ -26,7 +32,7 @@ def _check_groups(model: nn.Module) -> None:
                                                 ("resnet50", 256, 2048), ("resnet101", 256, 2048)])
 def test_resnet_deeplab_shapes(name: str, low_c: int, high_c: int) -> None:
     torch.manual_seed(0)
-    model = build_model({"backbone": name, **SMALL}).eval()
+    model = build_model(model_cfg({"backbone": name, **SMALL})).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         low, high = model.backbone(x)
@@ -39,12 +45,12 @@ def test_resnet_deeplab_shapes(name: str, low_c: int, high_c: int) -> None:
 
 
 def test_multigrid_dilations_and_os8() -> None:
-    model = build_model({"backbone": "resnet50", "output_stride": 16, "multi_grid": [1, 2, 4], **SMALL})
+    model = build_model(model_cfg({"backbone": "resnet50", "output_stride": 16, "multi_grid": [1, 2, 4], **SMALL}))
     assert [b.conv2.dilation[0] for b in model.backbone.layer4] == [2, 4, 8]
     assert model.backbone.layer4[0].conv2.stride == (1, 1)
     assert model.backbone.layer4[0].downsample[0].stride == (1, 1)
     assert [m[0].dilation[0] for m in model.aspp.branches[1:]] == [6, 12, 18]
-    m8 = build_model({"backbone": "resnet18", "output_stride": 8, **SMALL}).eval()
+    m8 = build_model(model_cfg({"backbone": "resnet18", "output_stride": 8, **SMALL})).eval()
     assert [b.conv1.dilation[0] for b in m8.backbone.layer3] == [2, 2]
     assert [m[0].dilation[0] for m in m8.aspp.branches[1:]] == [12, 24, 36]
     with torch.no_grad():
@@ -53,7 +59,7 @@ def test_multigrid_dilations_and_os8() -> None:
 
 
 def test_train_mode_backward_and_odd_size() -> None:
-    model = build_model({"backbone": "resnet18", **SMALL}).train()
+    model = build_model(model_cfg({"backbone": "resnet18", **SMALL})).train()
     feature, logits = model(torch.randn(2, 3, 50, 70))
     assert logits.shape == (2, 19, 13, 18)
     logits.mean().backward()
@@ -61,7 +67,7 @@ def test_train_mode_backward_and_odd_size() -> None:
 
 
 def test_init_kaiming_and_bn() -> None:
-    model = build_model({"backbone": "resnet18", **SMALL})
+    model = build_model(model_cfg({"backbone": "resnet18", **SMALL}))
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
     w = model.decoder.fuse[0][0].weight  # fan_in = 3*3*(8+32); kaiming std = sqrt(2/fan_in)
@@ -71,16 +77,16 @@ def test_init_kaiming_and_bn() -> None:
 
 def test_unknown_keys_and_backbone() -> None:
     with pytest.raises(InputError, match="unknown key"):
-        build_model({"backbone": "resnet18", "aspp_chanels": 3})
+        build_model(model_cfg({"backbone": "resnet18", "aspp_chanels": 3}))
     with pytest.raises(InputError, match="unknown backbone"):
-        build_model({"backbone": "vgg16"})
+        build_model(model_cfg({"backbone": "vgg16"}))
     with pytest.raises(InputError, match="imagenet"):
-        build_model({"backbone": "simclr_r50", "weights": "imagenet"})
+        build_model(model_cfg({"backbone": "simclr_r50", "weights": "imagenet"}))
 
 
 def test_freeze_batchnorm_same_output() -> None:
     torch.manual_seed(0)
-    model = build_model({"backbone": "resnet18", **SMALL})
+    model = build_model(model_cfg({"backbone": "resnet18", **SMALL}))
     for m in model.modules():  # non-trivial statistics
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
@@ -111,7 +117,7 @@ def test_imagenet_weights_via_torchvision_api(monkeypatch: pytest.MonkeyPatch) -
         return sd
 
     monkeypatch.setattr(api, "load_state_dict_from_url", fake)
-    model = build_model({"backbone": "resnet18", "weights": "imagenet", **SMALL})
+    model = build_model(model_cfg({"backbone": "resnet18", "weights": "imagenet", **SMALL}))
     assert calls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
     assert torch.all(model.backbone.conv1.weight == 0.5)
 
@@ -120,13 +126,13 @@ def test_imagenet_weights_via_torchvision_api(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(InputError, match="could not fetch ImageNet weights"):
-        build_model({"backbone": "resnet18", "weights": "imagenet", **SMALL})
+        build_model(model_cfg({"backbone": "resnet18", "weights": "imagenet", **SMALL}))
 
 
 def test_load_whole_checkpoint_backbone_only(tmp_path) -> None:
-    src = build_model({"backbone": "resnet18", **SMALL})
+    src = build_model(model_cfg({"backbone": "resnet18", **SMALL}))
     torch.save({"format": "bismap-checkpoint/1", "model": src.state_dict()}, tmp_path / "ck.pt")
-    dst = build_model({"backbone": "resnet18", "weights": str(tmp_path / "ck.pt"), **SMALL})
+    dst = build_model(model_cfg({"backbone": "resnet18", "weights": str(tmp_path / "ck.pt"), **SMALL}))
     torch.testing.assert_close(dst.backbone.conv1.weight, src.backbone.conv1.weight)
     assert not torch.equal(dst.decoder.classifier.weight, src.decoder.classifier.weight)  # fresh head
     with pytest.raises(InputError, match="not found"):

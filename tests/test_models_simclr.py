@@ -11,8 +11,14 @@ from bismap.models import build_model, load_pretrained
 from bismap.models.simclr import SimCLRBackbone, SimCLRResNet
 
 torch.set_num_threads(1)
+from conftest import schema_defaults
 
 SMALL = {"aspp_channels": 32, "decoder_channels": 24, "low_level_channels": 8}
+
+
+def model_cfg(model: dict) -> dict:
+    """A complete `model` slice: the schema's defaults with `model` over them (typos kept, to test them)."""
+    return {**schema_defaults("model"), **model}
 
 
 def _bn(d: dict, prefix: str, c: int) -> None:
@@ -106,11 +112,11 @@ def test_r101_sk0_torchvision_layout_loads_everywhere(tmp_path) -> None:
     path = tmp_path / "r101_1x_sk0.pth"
     torch.save({"state_dict": state}, path)
     # torchvision backbone: strip module., drop fc -> 624 tensors
-    model = build_model({"backbone": "resnet101", "weights": str(path), **SMALL})
+    model = build_model(model_cfg({"backbone": "resnet101", "weights": str(path), **SMALL}))
     assert len(model.backbone.state_dict()) == 624
     _check_tagged(model.backbone.state_dict(), {k[7:]: v for k, v in state.items() if not k.startswith("module.fc.")})
     # SimCLR sk0 backbone: torchvision names mapped onto the converter's names
-    sm = build_model({"backbone": "simclr_r101", "sk_ratio": 0.0, "weights": str(path), **SMALL})
+    sm = build_model(model_cfg({"backbone": "simclr_r101", "sk_ratio": 0.0, "weights": str(path), **SMALL}))
     from bismap.models.simclr import torchvision_to_simclr_sk0
 
     _check_tagged(sm.backbone.state_dict(), {k[7:]: v for k, v in state.items() if not k.startswith("module.fc.")},
@@ -126,7 +132,7 @@ def test_converter_sk0_layout_loads_into_torchvision_backbone(tmp_path) -> None:
     assert len(layout) == 626
     state = _tagged_state(layout)
     torch.save({"resnet": state}, tmp_path / "sk0.pth")
-    model = build_model({"backbone": "resnet101", "weights": str(tmp_path / "sk0.pth"), **SMALL})
+    model = build_model(model_cfg({"backbone": "resnet101", "weights": str(tmp_path / "sk0.pth"), **SMALL}))
     from bismap.models.simclr import simclr_sk0_to_torchvision
 
     _check_tagged(model.backbone.state_dict(), {k: v for k, v in state.items() if not k.startswith("fc.")},
@@ -159,7 +165,7 @@ def test_mismatch_lists_missing_and_unexpected(tmp_path) -> None:
 
 @pytest.mark.parametrize("depth,sk", [(50, 0.0), (50, 0.0625), (101, 0.0), (101, 0.0625)])
 def test_simclr_segmentation_backbones(depth: int, sk: float) -> None:
-    model = build_model({"backbone": f"simclr_r{depth}", "sk_ratio": sk, **SMALL}).eval()
+    model = build_model(model_cfg({"backbone": f"simclr_r{depth}", "sk_ratio": sk, **SMALL})).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         low, high = model.backbone(x)

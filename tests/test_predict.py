@@ -1,40 +1,18 @@
 """`bismap predict`: label PNGs + colour overlays for any folder of images, at each image's size."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from bismap.cli import main
-
-MODEL = {"backbone": "resnet18", "weights": "none", "output_stride": 16, "multi_grid": [1, 2, 4],
-         "aspp_channels": 16, "decoder_channels": 16, "low_level_channels": 8, "num_classes": 19,
-         "dropout": 0.1, "sk_ratio": 0.0}
+from conftest import constant_checkpoint
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-def constant_checkpoint(path: Path, cls: int, data: dict | None) -> Path:
-    from bismap.engine.checkpoint import FORMAT, save_checkpoint
-    from bismap.models import build_model
-
-    torch.manual_seed(0)
-    net = build_model(MODEL)
-    with torch.no_grad():
-        net.decoder.classifier.weight.zero_()
-        net.decoder.classifier.bias.zero_()
-        net.decoder.classifier.bias[cls] = 10.0
-    state = {"format": FORMAT, "model_config": dict(MODEL), "model": net.state_dict(), "ema": None, "iteration": 0}
-    if data is not None:
-        state["data"] = data
-    save_checkpoint(path, state)
-    return path
 
 
 def test_predict_writes_labels_and_overlays(tmp_path) -> None:
@@ -62,7 +40,7 @@ def test_predict_writes_labels_and_overlays(tmp_path) -> None:
 
 
 def test_predict_overlay_blend_and_errors(tmp_path, capsys) -> None:
-    from bismap.cli_predict import overlay
+    from bismap.cli.predict import overlay
 
     img = np.full((2, 2, 3), 100, np.uint8)
     lab = np.array([[0, 255], [0, 0]], np.uint8)

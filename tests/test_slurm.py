@@ -321,7 +321,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
 @needs_workflow
 def test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
     # Enough iterations to cancel mid-training; a resume file after every iteration.
-    overlay = _gpu_overlay(tmp_path, "train_overrides:\n  warmup: {iterations: 12, checkpoint_every: 1}\n")
+    overlay = _gpu_overlay(tmp_path, "train_overrides:\n  warmup: {iterations: 12}\nruntime: {checkpoint_every: 1}\n")
     work = tmp_path / "w"
     log = work / "logs" / "tiny" / "warmup.log"
     run, cancelled = _cancel_once_checkpointed(

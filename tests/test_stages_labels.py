@@ -20,13 +20,17 @@ from PIL import Image
 from torch import nn
 
 from bismap.io import InputError
+from bismap.prototypes import load_prototypes
+from conftest import RUNTIME, schema_defaults, to_label_ids, write_cityscapes, write_gta
 
 torch.set_num_threads(1)
 
 CLASSES = [0, 2, 8, 10, 13]  # road, building, vegetation, sky, car
 COLOURS = {0: (128, 64, 128), 2: (70, 70, 70), 8: (107, 142, 35), 10: (70, 130, 180), 13: (0, 0, 142)}
 H, W = 32, 64
-DATA = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "device": "cpu"}
+DATA = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+ALL_PIXELS = [1.0] * 19  # source_features.class_fractions keeping every correct pixel
+NO_ADABN = {"enabled": False}
 
 
 def _scene(rng: np.random.Generator, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,37 +47,18 @@ def _scene(rng: np.random.Generator, shift: int = 0) -> tuple[np.ndarray, np.nda
     return np.clip(img, 0, 255).astype(np.uint8), lab
 
 
-def make_gta(root: Path, n: int, seed: int = 0) -> dict:
-    from bismap.data.labels import TRAINID_TO_ID
+def _scenes(rng: np.random.Generator, n: int, shift: int = 0):
+    for _ in range(n):
+        img, lab = _scene(rng, shift)
+        yield img, to_label_ids(lab)
 
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    lut = np.zeros(256, np.uint8)
-    for t, i in TRAINID_TO_ID.items():
-        lut[t] = i
-    for k in range(n):
-        img, lab = _scene(rng)
-        Image.fromarray(img).save(root / "images" / f"{k:05d}.png")
-        Image.fromarray(lut[lab]).save(root / "labels" / f"{k:05d}.png")
-    return {"dataset": "gta5", "root": str(root)}
+
+def make_gta(root: Path, n: int, seed: int = 0) -> dict:
+    return write_gta(root, _scenes(np.random.default_rng(seed), n))
 
 
 def make_cityscapes(root: Path, n: int, seed: int = 1, shift: int = 12) -> tuple[dict, dict]:
-    from bismap.data.labels import TRAINID_TO_ID
-
-    rng = np.random.default_rng(seed)
-    img_dir, gt_dir = root / "leftImg8bit" / "train" / "city", root / "gtFine" / "train" / "city"
-    img_dir.mkdir(parents=True)
-    gt_dir.mkdir(parents=True)
-    lut = np.zeros(256, np.uint8)
-    for t, i in TRAINID_TO_ID.items():
-        lut[t] = i
-    for k in range(n):
-        img, lab = _scene(rng, shift)
-        Image.fromarray(img).save(img_dir / f"city_000000_{k:06d}_leftImg8bit.png")
-        Image.fromarray(lut[lab]).save(gt_dir / f"city_000000_{k:06d}_gtFine_labelIds.png")
-    spec = {"dataset": "cityscapes", "root": str(root), "split": "train"}
+    spec = write_cityscapes(root, _scenes(np.random.default_rng(seed), n, shift), city="city")
     return {**spec, "labels": "none"}, spec
 
 
@@ -122,7 +107,8 @@ def _features(tmp_path, ckpt, src, **cfg) -> Path:
     from bismap.stages import source_features
 
     out = tmp_path / "feats.h5"
-    source_features.run(checkpoint=ckpt, source=src, out_h5=out, cfg={"seed": 3, "batch_size": 4, **cfg}, data=DATA)
+    cfg = schema_defaults("source_features", **{"seed": 3, "batch_size": 4, "class_fractions": ALL_PIXELS, **cfg})
+    source_features.run(checkpoint=ckpt, source=src, out_h5=out, cfg=cfg, data=DATA, runtime=RUNTIME)
     return out
 
 
@@ -167,11 +153,8 @@ def test_reservoir_is_uniform_and_capped() -> None:
 
 
 def proto_cfg(**over) -> dict:
-    """The schema's `prototypes` defaults (what the workflow passes) with overrides."""
-    import yaml
-
-    props = yaml.safe_load((Path(__file__).parents[1] / "configs/schema.yaml").read_text())["properties"]["prototypes"]
-    return {**{k: v["default"] for k, v in props["properties"].items()}, "device": "cpu", **over}
+    """The schema's `prototypes` defaults (what the workflow passes) on the CPU, with overrides."""
+    return schema_defaults("prototypes", **{"device": "cpu", **over})
 
 
 def test_fit_prototypes_reduces_and_skips(tmp_path) -> None:
@@ -190,7 +173,7 @@ def test_fit_prototypes_reduces_and_skips(tmp_path) -> None:
     assert obj["format"] == "bismap-gmm/1" and obj["feature_dim"] == 4
     assert set(obj["classes"]) == {0, 1} and obj["components"] == {0: 4, 1: 2}
     assert obj["skipped"] == [c for c in range(19) if c not in (0, 1)]
-    gmms, _ = fit_prototypes.load_prototypes(out)
+    gmms, _ = load_prototypes(out)
     assert gmms[0].means_.mean().item() == pytest.approx(0, abs=0.3)
     with pytest.raises(InputError, match="bank.h5"):
         with h5py.File(bank, "a") as f:
@@ -208,7 +191,7 @@ def test_upsampling_matches_bilinear_align_corners() -> None:
 
 
 def test_percentile_selection_leaves_requested_share() -> None:
-    from bismap.stages.pseudo_labels import apply_selection, percentile_thresholds, sample_scores
+    from bismap.engine.labelling import apply_selection, percentile_thresholds, sample_scores
 
     rng = np.random.default_rng(0)
     labels = [rng.choice([1, 4, 7], size=(20, 30), p=[0.6, 0.3, 0.1]).astype(np.uint8) for _ in range(5)]
@@ -237,10 +220,10 @@ def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:
     gmm = tmp_path / "gmm.pt"
     fit_prototypes.run(features_h5=feats, out_path=gmm, cfg=proto_cfg(components=2, seed=0, kmeans_n_init=2))
     out_dir, q = tmp_path / "pl", tmp_path / "q.json"
-    cfg = {"selection": "percentile", "percentile": 25.0, "sample_pixels": None, "chunk_pixels": 500,
-           "adabn": {"enabled": True, "max_images": 2, "batch_size": 2}}
+    cfg = schema_defaults("pseudo_labels", rule="gmm", selection="percentile", percentile=25.0, sample_pixels=None,
+                          chunk_pixels=500, adabn={"enabled": True, "max_images": 2, "batch_size": 2})
     pseudo_labels.run(checkpoint=ckpt, prototypes=gmm, target=tgt, target_gt=tgt_gt, out_dir=out_dir,
-                      out_quality=q, cfg=cfg, data=DATA)
+                      out_quality=q, cfg=cfg, data=DATA, runtime=RUNTIME)
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == [f"city_000000_{k:06d}_leftImg8bit.png" for k in range(4)]
     quality = json.loads(q.read_text())
@@ -252,7 +235,9 @@ def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:
     # the original's global log-likelihood threshold: -inf keeps everything, +inf nothing
     for thr, cov in ((-1e9, 1.0), (1e9, 0.0)):
         pseudo_labels.run(checkpoint=ckpt, prototypes=gmm, target=tgt, target_gt=None, out_dir=out_dir,
-                          out_quality=q, cfg={"selection": "loglik", "threshold": thr}, data=DATA)
+                          out_quality=q, data=DATA, runtime=RUNTIME,
+                          cfg=schema_defaults("pseudo_labels", rule="gmm", selection="loglik", threshold=thr,
+                                              adabn=NO_ADABN))
         quality = json.loads(q.read_text())
         assert quality["coverage"] == pytest.approx(cov) and quality["accuracy"] is None
 
@@ -263,11 +248,12 @@ def test_naive_labels_confidence_and_percentile(tiny, colour_model) -> None:
     tmp_path, ckpt, _, tgt, tgt_gt = tiny
     out_dir, q = tmp_path / "naive", tmp_path / "nq.json"
     naive_labels.run(checkpoint=ckpt, target=tgt, target_gt=tgt_gt, out_dir=out_dir, out_quality=q,
-                     cfg={"threshold": 0.0}, data=DATA)
+                     cfg=schema_defaults("naive", threshold=0.0, adabn=NO_ADABN), data=DATA, runtime=RUNTIME)
     quality = json.loads(q.read_text())
     assert quality["coverage"] == 1.0 and quality["accuracy"] > 0.9
     naive_labels.run(checkpoint=ckpt, target=tgt, target_gt=tgt_gt, out_dir=out_dir, out_quality=q,
-                     cfg={"selection": "percentile", "percentile": 50.0, "sample_pixels": None}, data=DATA)
+                     cfg=schema_defaults("naive", selection="percentile", percentile=50.0, sample_pixels=None,
+                                         adabn=NO_ADABN), data=DATA, runtime=RUNTIME)
     assert json.loads(q.read_text())["coverage"] == pytest.approx(0.5, abs=0.05)
 
 
@@ -276,8 +262,7 @@ def test_real_checkpoint_smoke(tmp_path) -> None:
     from bismap.models import build_model
     from bismap.stages import naive_labels, source_features
 
-    cfg = {"backbone": "resnet18", "weights": "none", "aspp_channels": 8, "decoder_channels": 8,
-           "low_level_channels": 4}
+    cfg = schema_defaults("model", backbone="resnet18", aspp_channels=8, decoder_channels=8, low_level_channels=4)
     torch.manual_seed(0)
     model = build_model(cfg)
     ckpt = tmp_path / "w.pt"
@@ -285,12 +270,13 @@ def test_real_checkpoint_smoke(tmp_path) -> None:
     src = make_gta(tmp_path / "gta", 2)
     tgt, _ = make_cityscapes(tmp_path / "cs", 2)
     out = tmp_path / "f.h5"
-    source_features.run(checkpoint=ckpt, source=src, out_h5=out, cfg={}, data=DATA)
+    source_features.run(checkpoint=ckpt, source=src, out_h5=out, data=DATA, runtime=RUNTIME,
+                        cfg=schema_defaults("source_features", class_fractions=ALL_PIXELS))
     with h5py.File(out, "r") as f:
         assert f["class_0"].shape[1] == 8
         assert sum(f[f"class_{c}"].shape[0] for c in range(19)) >= 0
     naive_labels.run(checkpoint=ckpt, target=tgt, target_gt=None, out_dir=tmp_path / "n", out_quality=tmp_path / "q.json",
-                     cfg={"threshold": 0.0}, data=DATA)
+                     cfg=schema_defaults("naive", threshold=0.0, adabn=NO_ADABN), data=DATA, runtime=RUNTIME)
     assert len(list((tmp_path / "n").iterdir())) == 2
 
 
@@ -301,10 +287,11 @@ def test_missing_inputs_name_the_file(tmp_path) -> None:
         fit_prototypes.run(features_h5=tmp_path / "nope.h5", out_path=tmp_path / "x.pt", cfg=proto_cfg())
     (tmp_path / "bad.pt").write_bytes(b"not torch")
     with pytest.raises(InputError, match="bad.pt"):
-        fit_prototypes.load_prototypes(tmp_path / "bad.pt")
+        load_prototypes(tmp_path / "bad.pt")
     with pytest.raises(InputError, match="nope.pt"):
         pseudo_labels.run(checkpoint=tmp_path / "c.pt", prototypes=tmp_path / "nope.pt", target={}, target_gt=None,
-                          out_dir=tmp_path / "o", out_quality=tmp_path / "q.json", cfg={}, data=DATA)
+                          out_dir=tmp_path / "o", out_quality=tmp_path / "q.json", cfg=schema_defaults("pseudo_labels"),
+                          data=DATA, runtime=RUNTIME)
 
 
 def test_agree_rule_vetoes_pixels_where_network_and_gmms_differ() -> None:

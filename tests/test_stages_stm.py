@@ -9,39 +9,34 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from bismap.io import InputError
+from conftest import RUNTIME, schema_defaults, write_cityscapes, write_gta
 
 torch.set_num_threads(1)
 
 H, W = 32, 64
-DATA = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "device": "cpu"}
+DATA = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
 
 def make_gta(root: Path, n: int, seed: int = 0) -> dict:
     """Left half road (trainId 0), right half car (13) except a void stripe; random colours."""
     rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for k in range(n):
-        img = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+
+    def scene():
         ids = np.full((H, W), 7, np.uint8)  # Cityscapes id 7 = road
         ids[:, W // 2:] = 26  # car
         ids[:4] = 0  # void
-        Image.fromarray(img).save(root / "images" / f"{k:05d}.png")
-        Image.fromarray(ids).save(root / "labels" / f"{k:05d}.png")
-    return {"dataset": "gta5", "root": str(root)}
+        return rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8), ids
+
+    return write_gta(root, (scene() for _ in range(n)))
 
 
 def make_cityscapes(root: Path, n: int, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
-    d = root / "leftImg8bit" / "train" / "c"
-    d.mkdir(parents=True)
-    for k in range(n):
-        Image.fromarray(rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)).save(d / f"c_000000_{k:06d}_leftImg8bit.png")
-    return {"dataset": "cityscapes", "root": str(root), "split": "train", "labels": "none"}
+    scenes = ((rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8), None) for _ in range(n))
+    return {**write_cityscapes(root, scenes, city="c"), "labels": "none"}
 
 
 class FixedLogits(nn.Module):
@@ -74,7 +69,8 @@ def test_class_entropy_from_data(tmp_path, fixed_model) -> None:
     ckpt.write_bytes(b"x")
     src = make_gta(tmp_path / "gta", 3)
     out = tmp_path / "e.json"
-    class_entropy.run(checkpoint=ckpt, source=src, out_json=out, cfg={"mode": "data", "batch_size": 2}, data=DATA)
+    class_entropy.run(checkpoint=ckpt, source=src, out_json=out, cfg=schema_defaults("class_entropy", batch_size=2),
+                      data=DATA, runtime=RUNTIME)
     e = json.loads(out.read_text())
     assert e["mode"] == "data"
     # road columns away from the border: uniform softmax -> ln 19; bilinear blending only near the edge
@@ -89,13 +85,14 @@ def test_class_entropy_from_data(tmp_path, fixed_model) -> None:
                                             ("official_gta5", "sky", 0.0), ("official_synthia", "road", 0.203),
                                             ("official_synthia", "motorcycle", 1.0), ("official_synthia", "fence", 0.908)])
 def test_class_entropy_official_tables(tmp_path, mode, cls, value) -> None:
-    from bismap.stages import class_entropy
+    from bismap.stages import class_entropy, stm_maps
 
     out = tmp_path / "e.json"
-    class_entropy.run(checkpoint=tmp_path / "unused.pt", source={}, out_json=out, cfg={"mode": mode})
+    class_entropy.run(checkpoint=tmp_path / "unused.pt", source={}, out_json=out,
+                      cfg=schema_defaults("class_entropy", mode=mode), data=DATA, runtime=RUNTIME)
     e = json.loads(out.read_text())
     assert e["normalised"][cls] == pytest.approx(value, abs=1e-3)
-    assert class_entropy.read_normalised(out)[0] == pytest.approx(e["normalised"]["road"])
+    assert stm_maps.read_normalised(out)[0] == pytest.approx(e["normalised"]["road"])
 
 
 # ----------------------------------------------------------------------------- STM math
@@ -134,8 +131,7 @@ def test_class_bonus_and_clip() -> None:
 
 # ----------------------------------------------------------------------------- end to end
 def _stm_cfg(**kw) -> dict:
-    return {"extractor": "warmup", "image_size": [32, 64], "grid": [2, 2], "k": 3, "kmeans_seed": 5,
-            "momentum": 0.99, "batch_size": 2, **kw}
+    return schema_defaults("stm", **{"image_size": [32, 64], "grid": [2, 2], "k": 3, "batch_size": 2, **kw})
 
 
 def _pipeline(tmp_path: Path, src: dict, tgt: dict, ckpt: Path, tag: str, **cfg) -> Path:
@@ -143,9 +139,11 @@ def _pipeline(tmp_path: Path, src: dict, tgt: dict, ckpt: Path, tag: str, **cfg)
 
     feats, protos, ent, maps = (tmp_path / f"{tag}{s}" for s in ("f.h5", "k.pt", "e.json", "m.h5"))
     c = _stm_cfg(**cfg)
-    stm_features.run(source=src, target=tgt, out_h5=feats, cfg=c, checkpoint=ckpt, data=DATA)
-    stm_prototypes.run(features_h5=feats, out_path=protos, cfg=c)
-    class_entropy.run(checkpoint=ckpt, source=src, out_json=ent, cfg={"mode": "official_gta5"})
+    stm_features.run(source=src, target=tgt, out_h5=feats, cfg=c, checkpoint=ckpt, data=DATA, runtime=RUNTIME)
+    stm_prototypes.run(features_h5=feats, out_path=protos, cfg=c, runtime=RUNTIME)
+    class_entropy.run(checkpoint=ckpt, source=src, out_json=ent,
+                      cfg=schema_defaults("class_entropy", mode="official_gta5"),
+                      data=DATA, runtime=RUNTIME)
     stm_maps.run(features_h5=feats, prototypes=protos, class_entropy_json=ent, source=src, out_h5=maps, cfg=c)
     return maps
 
@@ -195,7 +193,7 @@ def test_stm_maps_order_independent(tmp_path) -> None:
             f.attrs["grid"] = [2, 2]
         out = tmp_path / f"{tag}m.h5"
         stm_maps.run(features_h5=fh, prototypes=tmp_path / "k.pt", class_entropy_json=None, source=src, out_h5=out,
-                     cfg={"momentum": 0.5, "entropy_bonus": False})
+                     cfg=schema_defaults("stm", momentum=0.5, entropy_bonus=False))
         with h5py.File(out, "r") as f:
             outs.append({n: f[f"maps/{n}"][()] for n in names})
     for n in names:
@@ -203,7 +201,7 @@ def test_stm_maps_order_independent(tmp_path) -> None:
     with pytest.raises(InputError, match="k.pt"):
         (tmp_path / "k.pt").write_bytes(b"junk")
         stm_maps.run(features_h5=tmp_path / "s.h5", prototypes=tmp_path / "k.pt", class_entropy_json=None,
-                     source=src, out_h5=tmp_path / "x.h5", cfg={"entropy_bonus": False})
+                     source=src, out_h5=tmp_path / "x.h5", cfg=schema_defaults("stm", entropy_bonus=False))
 
 
 def test_simclr_extractor_path(tmp_path) -> None:
@@ -215,10 +213,11 @@ def test_simclr_extractor_path(tmp_path) -> None:
     torch.save({"resnet": net.state_dict()}, tmp_path / "r50.pth")
     src, tgt = make_gta(tmp_path / "gta", 1), make_cityscapes(tmp_path / "cs", 1)
     out = tmp_path / "f.h5"
-    stm_features.run(source=src, target=tgt, out_h5=out, cfg={"extractor": "simclr", "weights": str(tmp_path / "r50.pth"),
-                                                              "depth": 50, "sk_ratio": 0.0, "image_size": [32, 64],
-                                                              "grid": [1, 2]}, data=DATA)
+    cfg = schema_defaults("stm", extractor="simclr", weights=str(tmp_path / "r50.pth"), depth=50, sk_ratio=0.0,
+                          image_size=[32, 64], grid=[1, 2])
+    stm_features.run(source=src, target=tgt, out_h5=out, cfg=cfg, data=DATA, runtime=RUNTIME)
     with h5py.File(out, "r") as f:
         assert f["source"].shape == (1, 2, 2048)
     with pytest.raises(InputError, match="stm.weights"):
-        stm_features.run(source=src, target=tgt, out_h5=out, cfg={"extractor": "simclr"}, data=DATA)
+        stm_features.run(source=src, target=tgt, out_h5=out, cfg=schema_defaults("stm", extractor="simclr"), data=DATA,
+                         runtime=RUNTIME)

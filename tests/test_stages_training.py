@@ -14,31 +14,28 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bismap.io import InputError
+from conftest import RUNTIME, TINY_MODEL, schema_defaults, write_cityscapes, write_gta
+from conftest import constant_checkpoint as tiny_constant_checkpoint
 
 H, W = 32, 64
 ROAD_ID, SKY_ID, POLE_ID = 7, 23, 17          # Cityscapes label ids
 ROAD, SKY, POLE = 0, 10, 5                   # trainIds
 ROAD_RGB, SKY_RGB = (200, 40, 40), (40, 40, 200)
 
-MODEL = {"backbone": "resnet18", "weights": "none", "output_stride": 16, "multi_grid": [1, 2, 4],
-         "aspp_channels": 16, "decoder_channels": 16, "low_level_channels": 8, "num_classes": 19,
-         "dropout": 0.1, "sk_ratio": 0.0}
+MODEL = TINY_MODEL
 AUGMENT = {"scale": [1.0, 1.0], "crop": [H, W], "flip": True,
-           "jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}}
-DATA = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "workers": 0, "device": "cpu"}
+           "jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}, "crop_retries": 10}
+DATA = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+RUNTIME_T = {**RUNTIME, "log_every": 1, "checkpoint_every": 1000}  # every iteration logged, no resume files
 SCE = {"alpha": 0.1, "beta": 1.0}
 STRONG = {"ops": 2, "magnitude": 10, "cutout": 0.2}
 
 
 def train_cfg(iterations: int, **kw) -> dict:
-    cfg = {"iterations": iterations, "batch_size": 2, "lr": 0.01, "head_lr_mult": 10.0, "momentum": 0.9,
-           "weight_decay": 0.0, "warmup_iters": 0, "poly_power": 0.9, "min_lr": 0.0, "amp": "off",
-           "checkpoint_every": 1000, "log_every": 1, "seed": 3}
-    cfg.update(kw)
-    return cfg
+    return schema_defaults("train", **{"iterations": iterations, "batch_size": 2, "lr": 0.01, "weight_decay": 0.0,
+                                       "warmup_iters": 0, "min_lr": 0.0, "amp": "off", "seed": 3, **kw})
 
 
 @pytest.fixture(autouse=True)
@@ -66,26 +63,12 @@ def _scene(rng: np.random.Generator, pole: bool = False) -> tuple[np.ndarray, np
 
 def make_gta(root: Path, n: int = 4, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(n):
-        rgb, ids = _scene(rng)
-        Image.fromarray(rgb).save(root / "images" / f"{i + 1:05d}.png")
-        Image.fromarray(ids).save(root / "labels" / f"{i + 1:05d}.png")
-    return {"dataset": "gta5", "root": str(root), "size": None}
+    return {**write_gta(root, (_scene(rng) for _ in range(n)), first=1), "size": None}
 
 
 def make_cityscapes(root: Path, split: str = "train", n: int = 4, seed: int = 1, pole: bool = False) -> dict:
     rng = np.random.default_rng(seed)
-    img_dir = root / "leftImg8bit" / split / "aachen"
-    gt_dir = root / "gtFine" / split / "aachen"
-    img_dir.mkdir(parents=True)
-    gt_dir.mkdir(parents=True)
-    for i in range(n):
-        rgb, ids = _scene(rng, pole=pole)
-        Image.fromarray(rgb).save(img_dir / f"aachen_000000_{i:06d}_leftImg8bit.png")
-        Image.fromarray(ids).save(gt_dir / f"aachen_000000_{i:06d}_gtFine_labelIds.png")
-    return {"dataset": "cityscapes", "root": str(root), "split": split, "size": None}
+    return {**write_cityscapes(root, (_scene(rng, pole=pole) for _ in range(n)), split=split), "size": None}
 
 
 def write_labels(folder: Path, spec: dict, value_fn) -> dict:
@@ -131,19 +114,8 @@ def tiny(tmp_path):
 
 
 def constant_checkpoint(path: Path, cls: int) -> Path:
-    """A checkpoint whose logits are class `cls` everywhere (classifier weights 0, bias one-hot)."""
-    from bismap.engine.checkpoint import FORMAT, save_checkpoint
-    from bismap.models import build_model
-
-    torch.manual_seed(0)
-    net = build_model(MODEL)
-    with torch.no_grad():
-        net.decoder.classifier.weight.zero_()
-        net.decoder.classifier.bias.zero_()
-        net.decoder.classifier.bias[cls] = 10.0
-    save_checkpoint(path, {"format": FORMAT, "model_config": dict(MODEL), "model": net.state_dict(), "ema": None,
-                           "iteration": 0, "data": {"mean": DATA["mean"], "std": DATA["std"]}})
-    return path
+    """conftest.constant_checkpoint with this module's normalisation stored, as training stages store it."""
+    return tiny_constant_checkpoint(path, cls, data=DATA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +135,7 @@ def trained(tmp_path_factory):
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         warmup.run(source=src, out_checkpoint=out, model=MODEL, train=train_cfg(20), augment=AUGMENT, data=DATA,
-                   threads=1)
+                   runtime=RUNTIME_T, threads=1)
     return {"checkpoint": out, "log": log.getvalue(), "val": val, "tmp": root}
 
 
@@ -185,8 +157,8 @@ def test_killed_warmup_resumes_to_the_same_weights(tiny, monkeypatch, capsys) ->
     import bismap.losses
     from bismap.stages import warmup
 
-    kw = dict(source=tiny["source"], model=MODEL, train=train_cfg(3, checkpoint_every=1), augment=AUGMENT,
-              data=DATA, threads=1)
+    kw = dict(source=tiny["source"], model=MODEL, train=train_cfg(3), augment=AUGMENT,
+              data=DATA, runtime={**RUNTIME_T, "checkpoint_every": 1}, threads=1)
     ref = tiny["tmp"] / "ref.pt"
     warmup.run(out_checkpoint=ref, **kw)
     calls = {"n": 0}
@@ -212,19 +184,19 @@ def test_killed_warmup_resumes_to_the_same_weights(tiny, monkeypatch, capsys) ->
 
 
 def test_warmup_is_deterministic_and_fingerprint_tracks_config(tiny) -> None:
-    from bismap.stages import common, warmup
+    from bismap.engine.fingerprint import fingerprint
+    from bismap.stages import warmup
 
     a, b = tiny["tmp"] / "a.pt", tiny["tmp"] / "b.pt"
     for out in (a, b):
         warmup.run(source=tiny["source"], out_checkpoint=out, model=MODEL, train=train_cfg(2), augment=AUGMENT,
-                   data=DATA, threads=1)
+                   data=DATA, runtime=RUNTIME_T, threads=1)
     sa, sb = torch.load(a, weights_only=True)["model"], torch.load(b, weights_only=True)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    f1 = common.fingerprint(train=train_cfg(2), model=MODEL)
-    assert f1 == common.fingerprint(model=dict(MODEL), train=train_cfg(2))
-    assert f1 != common.fingerprint(train=train_cfg(3), model=MODEL)
+    f1 = fingerprint(train=train_cfg(2), model=MODEL)
+    assert f1 == fingerprint(model=dict(MODEL), train=train_cfg(2))
+    assert f1 != fingerprint(train=train_cfg(3), model=MODEL)
     # speed-only keys do not invalidate a resume
-    assert common.train_for_fingerprint(train_cfg(2, log_every=7)) == common.train_for_fingerprint(train_cfg(2))
 
 
 def test_warmup_as_oracle_on_target_ground_truth(tiny) -> None:
@@ -232,7 +204,7 @@ def test_warmup_as_oracle_on_target_ground_truth(tiny) -> None:
 
     out = tiny["tmp"] / "oracle.pt"
     warmup.run(source=tiny["target"], out_checkpoint=out, model=MODEL, train=train_cfg(2), augment=AUGMENT,
-               data=DATA, threads=1)
+               data=DATA, runtime=RUNTIME_T, threads=1)
     assert torch.load(out, weights_only=True)["iteration"] == 2
 
 
@@ -241,21 +213,21 @@ def test_warmup_as_oracle_on_target_ground_truth(tiny) -> None:
 
 
 def st_cfg(weight: float, use_stm: bool) -> dict:
-    return {"use_stm": use_stm, "sce": dict(SCE),
-            "consistency": {"weight": weight, "rampup": 2, "ema_decay": 0.9}, "strong": dict(STRONG)}
+    return schema_defaults("self_training", init="fresh", use_stm=use_stm, sce=dict(SCE),
+                           consistency={"weight": weight, "rampup": 2, "ema_decay": 0.9}, strong=dict(STRONG))
 
 
 def test_self_training_full_losses(tiny, capsys, monkeypatch) -> None:
-    from bismap.stages import common, self_training
+    from bismap.stages import self_training
 
     target = write_labels(tiny["tmp"] / "pseudo", tiny["target"], lambda it: it["label"])
     stm = write_stm(tiny["tmp"] / "stm.h5", tiny["source"], 0)   # all-zero STM: weighted source CE must vanish
     seen = []
-    build_view = common.build_view
-    monkeypatch.setattr(common, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
+    build_view = self_training.build_view
+    monkeypatch.setattr(self_training, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
     out = tiny["tmp"] / "st.pt"
     self_training.run(source=tiny["source"], target=target, stm_maps=stm, out_checkpoint=out, model=MODEL,
-                      train=train_cfg(3), augment=AUGMENT, cfg=st_cfg(30.0, True), data=DATA, threads=1)
+                      train=train_cfg(3), augment=AUGMENT, cfg=st_cfg(30.0, True), data=DATA, runtime=RUNTIME_T, threads=1)
     rows = losses_logged(capsys.readouterr().out)
     assert [set(r) for r in rows] == [{"source_ce", "target_sce", "consistency", "total"}] * 3
     assert all(r["source_ce"] == 0.0 for r in rows)
@@ -269,7 +241,7 @@ def test_self_training_full_losses(tiny, capsys, monkeypatch) -> None:
 
 def test_naive_self_training_needs_no_strong_view_stm_or_ema(tiny, capsys, monkeypatch) -> None:
     """consistency.weight 0 + use_stm false: the naive baseline (labels with ignore pixels)."""
-    from bismap.stages import common, self_training
+    from bismap.stages import self_training
 
     def naive(item):
         lab = item["label"].copy()
@@ -278,13 +250,13 @@ def test_naive_self_training_needs_no_strong_view_stm_or_ema(tiny, capsys, monke
 
     target = write_labels(tiny["tmp"] / "naive", tiny["target"], naive)
     seen = []
-    build_view = common.build_view
-    monkeypatch.setattr(common, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
+    build_view = self_training.build_view
+    monkeypatch.setattr(self_training, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
     out = tiny["tmp"] / "naive.pt"
     cfg = st_cfg(0.0, False)
     del cfg["consistency"]["ema_decay"], cfg["consistency"]["rampup"], cfg["strong"]  # not needed when off
     self_training.run(source=tiny["source"], target=target, stm_maps=None, out_checkpoint=out, model=MODEL,
-                      train=train_cfg(2), augment=AUGMENT, cfg=cfg, data=DATA, threads=1)
+                      train=train_cfg(2), augment=AUGMENT, cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1)
     rows = losses_logged(capsys.readouterr().out)
     assert [set(r) for r in rows] == [{"source_ce", "target_sce", "total"}] * 2
     assert all(k.get("strong") is None and k.get("weight_maps") is None for k in seen)
@@ -297,7 +269,7 @@ def test_self_training_use_stm_without_maps_is_an_input_error(tiny) -> None:
     with pytest.raises(InputError, match="STM"):
         self_training.run(source=tiny["source"], target=tiny["target"], stm_maps=None,
                           out_checkpoint=tiny["tmp"] / "x.pt", model=MODEL, train=train_cfg(1), augment=AUGMENT,
-                          cfg=st_cfg(0.0, True), data=DATA)
+                          cfg=st_cfg(0.0, True), data=DATA, runtime=RUNTIME_T)
 
 
 def test_teacher_mode_and_rampup() -> None:
@@ -336,10 +308,8 @@ def _batches():
 
 
 def dill_cfg(variant: str = "kl", weight: float = 1.0, **kw) -> dict:
-    cfg = {"use_stm": False, "sce": dict(SCE), "kd": {"weight": weight, "variant": variant},
-           "student_weights": None, "student_backbone": None}
-    cfg.update(kw)
-    return cfg
+    return schema_defaults("distillation", **{"init": "fresh", "use_stm": False, "sce": dict(SCE),
+                                              "kd": {"weight": weight, "variant": variant}, **kw})
 
 
 def test_kd_kl_is_zero_for_identical_student_and_original_differs() -> None:
@@ -374,7 +344,7 @@ def test_distillation_end_to_end_student_weights(tiny, capsys) -> None:
     # lr 0: the student's backbone must still hold the student_weights file afterwards
     distillation.run(source=tiny["source"], target=target, stm_maps=stm, teacher_checkpoint=teacher,
                      out_checkpoint=out, model=MODEL, train=train_cfg(2, lr=0.0, momentum=0.0), augment=AUGMENT,
-                     cfg=dill_cfg("kl", use_stm=True, student_weights=str(weights)), data=DATA, threads=1)
+                     cfg=dill_cfg("kl", use_stm=True, student_weights=str(weights)), data=DATA, runtime=RUNTIME_T, threads=1)
     rows = losses_logged(capsys.readouterr().out)
     assert [set(r) for r in rows] == [{"source_ce", "target_sce", "kd", "total"}] * 2
     ckpt = torch.load(out, weights_only=True)
@@ -393,7 +363,7 @@ def test_self_training_init_warmup_starts_from_the_checkpoint(tiny) -> None:
     cfg = {**st_cfg(0.0, False), "init": "warmup"}
     out = tiny["tmp"] / "st_init.pt"
     self_training.run(source=tiny["source"], target=target, stm_maps=None, out_checkpoint=out, model=MODEL,
-                      train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT, cfg=cfg, data=DATA, threads=1,
+                      train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT, cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1,
                       init_checkpoint=init)
     ref = torch.load(init, weights_only=True)["model"]
     got = torch.load(out, weights_only=True)["model"]
@@ -402,7 +372,7 @@ def test_self_training_init_warmup_starts_from_the_checkpoint(tiny) -> None:
             assert torch.equal(got[k], v), k
     with pytest.raises(InputError, match="warm-up checkpoint"):
         self_training.run(source=tiny["source"], target=target, stm_maps=None, out_checkpoint=tiny["tmp"] / "y.pt",
-                          model=MODEL, train=train_cfg(1), augment=AUGMENT, cfg=cfg, data=DATA, threads=1)
+                          model=MODEL, train=train_cfg(1), augment=AUGMENT, cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1)
 
 
 def test_distillation_init_teacher_copies_the_teacher(tiny) -> None:
@@ -414,7 +384,7 @@ def test_distillation_init_teacher_copies_the_teacher(tiny) -> None:
     out = tiny["tmp"] / "dill_init.pt"
     distillation.run(source=tiny["source"], target=target, stm_maps=None, teacher_checkpoint=teacher,
                      out_checkpoint=out, model=MODEL, train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT,
-                     cfg={**dill_cfg("kl", use_stm=False), "init": "teacher"}, data=DATA, threads=1)
+                     cfg={**dill_cfg("kl", use_stm=False), "init": "teacher"}, data=DATA, runtime=RUNTIME_T, threads=1)
     ref = torch.load(teacher, weights_only=True)["model"]
     got = torch.load(out, weights_only=True)["model"]
     assert torch.equal(got["decoder.classifier.bias"], ref["decoder.classifier.bias"])
@@ -445,7 +415,7 @@ def test_teacher_labels_of_constant_model(tiny) -> None:
     out_dir, quality = tiny["tmp"] / "tl", tiny["tmp"] / "tl.json"
     cfg = {"scales": [0.75, 1.0, 1.5], "flip": True, "adabn": {"enabled": True, "max_images": 2, "batch_size": 2}}
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=out_dir,
-                       out_quality=quality, cfg=cfg, data=DATA, threads=1)
+                       out_quality=quality, cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1)
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == [f"aachen_000000_{i:06d}_leftImg8bit.png" for i in range(3)]
     for f in files:
@@ -457,7 +427,7 @@ def test_teacher_labels_of_constant_model(tiny) -> None:
     assert q["coverage_per_class"]["pole"] == 1.0
     # without GT: coverage only
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
-                       out_quality=quality, cfg={**cfg, "adabn": {"enabled": False}}, data=DATA)
+                       out_quality=quality, cfg={**cfg, "adabn": {"enabled": False}}, data=DATA, runtime=RUNTIME_T)
     q = json.loads(quality.read_text())
     assert q["accuracy"] is None and q["coverage"] == 1.0
 
@@ -472,7 +442,7 @@ def test_evaluate_constant_model_miou(tiny) -> None:
     ckpt = constant_checkpoint(tiny["tmp"] / "c.pt", ROAD)
     out_json, out_csv = tiny["tmp"] / "m.json", tiny["tmp"] / "m.csv"
     evaluate.run(checkpoint=ckpt, target=tiny["val"], out_json=out_json, out_confusion_csv=out_csv,
-                 cfg={"scales": [1.0], "flip": False, "protocol": "cityscapes19"}, data=DATA, threads=1)
+                 cfg={"scales": [1.0], "flip": False, "protocol": "cityscapes19"}, data=DATA, runtime=RUNTIME_T, threads=1)
     m = json.loads(out_json.read_text())
     rows = list(csv.reader(out_csv.open()))
     road_row = [int(v) for v in rows[1 + ROAD][1:]]
@@ -484,7 +454,7 @@ def test_evaluate_constant_model_miou(tiny) -> None:
     assert m["miou"] == pytest.approx(n_road / (n_road + n_sky) / 2)
     assert m["present_classes"] == ["road", "sky"] and m["images"] == 2
     evaluate.run(checkpoint=ckpt, target=tiny["val"], out_json=out_json, out_confusion_csv=out_csv,
-                 cfg={"scales": [0.5, 1.0], "flip": True, "protocol": "synthia"}, data=DATA)
+                 cfg={"scales": [0.5, 1.0], "flip": True, "protocol": "synthia"}, data=DATA, runtime=RUNTIME_T)
     m2 = json.loads(out_json.read_text())
     assert m2["headline"] == "miou16" and m2["miou"] == pytest.approx(m["miou"])
 
@@ -497,8 +467,8 @@ def test_evaluate_trained_checkpoint_and_unlabelled_split(trained) -> None:
     out_json = tmp / "w.json"
     cfg = {"scales": [1.0], "flip": False, "protocol": "cityscapes19"}
     evaluate.run(checkpoint=ckpt, target=trained["val"], out_json=out_json, out_confusion_csv=tmp / "w.csv",
-                 cfg=cfg, data=DATA)
+                 cfg=cfg, data=DATA, runtime=RUNTIME_T)
     assert json.loads(out_json.read_text())["pixel_accuracy"] > 0.8
     with pytest.raises(InputError, match="ground truth"):
         evaluate.run(checkpoint=ckpt, target={**trained["val"], "labels": "none"}, out_json=out_json,
-                     out_confusion_csv=tmp / "w.csv", cfg=cfg, data=DATA)
+                     out_confusion_csv=tmp / "w.csv", cfg=cfg, data=DATA, runtime=RUNTIME_T)

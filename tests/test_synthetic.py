@@ -41,11 +41,11 @@ def test_scenes_cover_many_classes():
 def test_write_parallel_equals_serial_and_layouts(tmp_path):
     from bismap.stages.synthetic_data import run
 
-    run(source_dir=tmp_path / "s1", target_dir=tmp_path / "t1", cfg=TINY)
-    run(source_dir=tmp_path / "s2", target_dir=tmp_path / "t2", cfg={**TINY, "workers": 2}, threads=2)
+    run(source_dir=tmp_path / "s1", target_dir=tmp_path / "t1", cfg=TINY, runtime={"synthetic_workers": 1})
+    run(source_dir=tmp_path / "s2", target_dir=tmp_path / "t2", cfg=TINY, runtime={"synthetic_workers": 2}, threads=2)
     assert digest(tmp_path / "s1") == digest(tmp_path / "s2")
     assert digest(tmp_path / "t1") == digest(tmp_path / "t2")
-    run(source_dir=tmp_path / "s3", target_dir=tmp_path / "t3", cfg={**TINY, "seed": 1})
+    run(source_dir=tmp_path / "s3", target_dir=tmp_path / "t3", cfg={**TINY, "seed": 1}, runtime={"synthetic_workers": 1})
     assert digest(tmp_path / "s1") != digest(tmp_path / "s3")
     src = open_dataset({"dataset": "gta5", "root": str(tmp_path / "s1")})
     assert src.names == ["00001", "00002", "00003"]
@@ -71,14 +71,14 @@ def test_config_validation():
 def test_cli_synth(tmp_path):
     import argparse
 
-    from bismap import cli_synth
+    from bismap.cli import synth as cli_synth
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("synthetic:\n  height: 16\n  width: 32\n  n_source: 2\n  n_target_train: 1\n  n_target_val: 1\n  workers: 1\n")
+    cfg.write_text("synthetic:\n  height: 16\n  width: 32\n  n_source: 2\n  n_target_train: 1\n  n_target_val: 1\n")
     parser = argparse.ArgumentParser()
     cli_synth.add_parser(parser.add_subparsers())
     args = parser.parse_args(["synth", "--config", str(cfg), "--out", str(tmp_path / "b"), "--seed", "3",
-                              "--set", "shift.noise=0"])
+                              "--workers", "1", "--set", "shift.noise=0"])
     assert args.func(args) == 0
     assert len(list((tmp_path / "b" / "source" / "images").glob("*.png"))) == 2
     assert (tmp_path / "b" / "target" / "synthetic.json").is_file()

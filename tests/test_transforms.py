@@ -52,7 +52,8 @@ def maps(tmp_path):
     return ds, path
 
 
-AUG = {"scale": [0.6, 1.6], "crop": [32, 40], "flip": True, "jitter": {}}
+NO_JITTER = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+AUG = {"scale": [0.6, 1.6], "crop": [32, 40], "flip": True, "jitter": NO_JITTER, "crop_retries": 10}
 
 
 def _pixels(t: torch.Tensor) -> np.ndarray:
@@ -110,7 +111,7 @@ def test_geometry_flip_and_padding() -> None:
 def test_crop_retry_avoids_single_value_crops() -> None:
     label = np.zeros((40, 40), np.uint8)
     label[:, 30:] = 1  # most 20x20 crops hold only class 0
-    aug = augment_config({"scale": [1, 1], "crop": [20, 20], "flip": False})
+    aug = augment_config({**AUG, "scale": [1, 1], "crop": [20, 20], "flip": False})
     mixed = sum(np.unique(apply_geometry(label, sample_geometry(np.random.default_rng(s), label, aug), "label")).size > 1
                 for s in range(40))
     aug1 = {**aug, "crop_retries": 1}
@@ -166,7 +167,7 @@ def test_photometric_ops() -> None:
     img = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
     jit = color_jitter(img, np.random.default_rng(1), {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.2})
     assert jit.shape == img.shape and jit.dtype == np.uint8 and not np.array_equal(jit, img)
-    assert np.array_equal(color_jitter(img, np.random.default_rng(1), {}), img)
+    assert np.array_equal(color_jitter(img, np.random.default_rng(1), NO_JITTER), img)
     outs = [rand_augment(img, np.random.default_rng(s), 2, 10) for s in range(20)]
     assert all(o.shape == img.shape and o.dtype == np.uint8 for o in outs)
     assert any(not np.array_equal(o, img) for o in outs)

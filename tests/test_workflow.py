@@ -1,7 +1,8 @@
 """The Snakemake workflow itself, run for real with the tiny config on the CPU.
 
-Fast tests build the DAG only (`-n`), lint, and check config validation; the slow test runs the
-whole DAG once and then checks what a config edit reruns. Snakemake runs in a copy of the
+Fast tests build the DAG only (`-n`), lint, and check config validation; tests marked slow (over
+~5 s: several Snakemake starts, or the real run) are left out of `pytest -m "not slow and not slurm"`.
+The real-run test runs the whole DAG once and then checks what a config edit reruns. Snakemake runs in a copy of the
 workflow files (Snakefile, rules/, scripts/, configs/, ...) so the checkout stays clean and two
 test runs never share a .snakemake lock.
 """
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "configs", "config.yaml", "envs", "report")
 
 ALL_RULES = {
-    "synthetic_data": 1, "stylize": 1, "warmup": 1, "oracle": 1, "class_entropy": 1, "stm_features": 1,
+    "synthetic_data": 1, "stylize": 1, "preflight": 3, "warmup": 1, "oracle": 1, "class_entropy": 1, "stm_features": 1,
     "stm_prototypes": 1, "stm_maps": 1, "source_features": 1, "fit_prototypes": 1, "pseudo_labels": 1,
     "naive_labels": 1, "naive_self_training": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
     "evaluate": 6, "report": 1, "all": 1,
@@ -79,6 +80,7 @@ def test_dry_run_has_every_stage(wf):
     assert dry_run(wf, "configs/tiny.yaml") == ALL_RULES
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_default_config_dry_run_has_every_stage(wf):
     proc = snakemake(wf, "-n", "--cores", "2")
     assert proc.returncode == 0, proc.stderr
@@ -94,6 +96,7 @@ def test_distillation_rounds_follow_config(wf, tmp_path):
     assert counts["evaluate"] == 6  # warmup, naive, self-training, 3 rounds
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_stylize_method_selects_the_source_images(wf, tmp_path):
     none = tmp_path / "none.yaml"
     none.write_text("stylize: {method: none}\n")
@@ -135,6 +138,7 @@ def test_gpu_resource_follows_use_gpu(wf, tmp_path):
 @pytest.mark.parametrize("content, needle", [
     ("foo: 1\n", "unknown key foo"),
     ("train: {iteratons: 5}\n", "unknown key train.iteratons"),
+    ("train: {log_every: 5}\n", "unknown key train.log_every"),  # moved to runtime
     ("stm: {k: many}\n", "stm.k: 'many' is not of type 'integer'"),
     ("train_overrides: {distillation: {lr: -1}}\n", "train_overrides.distillation.lr"),
     ("stylize: {method: cyclegan}\n", "stylize.method"),
@@ -174,6 +178,20 @@ def test_schema_defaults_are_config_yaml():
     assert filled == yaml.safe_load((REPO / "config.yaml").read_text())
 
 
+def test_conftest_schema_defaults_are_the_workflow_slices():
+    """The stage tests' slices (conftest.schema_defaults) are what the workflow fills in."""
+    from conftest import schema_defaults
+
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    for section, value in default.items():
+        if isinstance(value, dict):
+            assert schema_defaults(section) == value, section
+    assert schema_defaults("naive", adabn={"enabled": False})["adabn"] == {"enabled": False, "max_images": 100,
+                                                                          "batch_size": 4}
+    with pytest.raises(KeyError, match="kmeans_k"):
+        schema_defaults("stm", kmeans_k=3)
+
+
 def test_schema_documents_every_key():
     schema = yaml.safe_load((REPO / "configs/schema.yaml").read_text())
     missing = []
@@ -195,6 +213,7 @@ def test_schema_documents_every_key():
     assert not missing
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 @pytest.mark.parametrize("name", ["gta5", "synthia"])
 def test_paper_configs_validate(wf, tmp_path, name):
     src, tgt = tmp_path / "src", tmp_path / "cs"
@@ -217,6 +236,38 @@ def test_paper_configs_validate(wf, tmp_path, name):
 
 
 # ------------------------------------------------------------------------------------ real run
+# Config edits against a finished tiny run, and the jobs each must rerun (exactly: nothing upstream).
+EXACT_RERUNS = [
+    # A distillation key: both rounds, round 2's teacher labels (downstream of round 1), their
+    # evaluations and the summary.
+    ("distillation: {kd: {weight: 0.5}}\n",
+     {"distillation": 2, "teacher_labels": 1, "evaluate": 2, "report": 1, "all": 1}),
+    # A pseudo-label key: pseudo labels and everything downstream; not warm-up, STM or baselines.
+    ("pseudo_labels: {percentile: 40.0}\n",
+     {"pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3, "report": 1,
+      "all": 1}),
+    # A k-means key of the STM: prototypes, maps and what they feed; not the grid features
+    # (each STM rule gets only the `stm` keys its stage reads).
+    ("stm: {k: 4}\n",
+     {"stm_prototypes": 1, "stm_maps": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
+      "report": 1, "all": 1}),
+    # Speed-only knobs live in `runtime`, which is no param: nothing reruns.
+    ("runtime: {log_every: 5, checkpoint_every: 7, workers: 1, synthetic_workers: 2, device: cpu}\n", {}),
+    # One more distillation round: that round's labels, training and evaluation, and the report;
+    # rounds 1 and 2 do not depend on how many rounds follow them.
+    ("distillation: {rounds: 3}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1, "all": 1}),
+    # A report key touches only the report.
+    ("report: {samples: 1}\n", {"report": 1, "all": 1}),
+    # Another val split: its preflight part and every evaluation, no training.
+    ("data: {target: {val_split: train}}\n", {"preflight": 1, "evaluate": 6, "report": 1, "all": 1}),
+    # A rerun preflight part never hides other reruns (an ancient() edge to one preflight for
+    # everything did: Snakemake then skipped every job downstream of it, stm.k edit included).
+    ("data: {target: {val_split: train}}\nstm: {k: 4}\n",
+     {"preflight": 1, "stm_prototypes": 1, "stm_maps": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
+      "evaluate": 6, "report": 1, "all": 1}),
+]
+
+
 @pytest.mark.slow
 def test_tiny_run_then_exact_reruns(wf, tmp_path):
     proc = snakemake(wf, "--cores", "2", "--configfile", "configs/tiny.yaml", timeout=900)
@@ -231,30 +282,29 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     assert "| BiSMAP self-training |" in proc.stdout + proc.stderr  # printed at the end of the run
     for png in ("figures/miou.png", "figures/samples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a successful run leaves no temporaries (issue 12), checked its inputs first, keeps attempt logs
+    assert not [p for p in wf.rglob(".*") if ".tmp" in p.name or p.name.endswith(".old")]
+    for part in ("source", "target", "val"):
+        assert json.loads((out / "preflight" / f"{part}.json").read_text())["status"] == "ok"
+    assert "===== attempt 1 of warmup" in (wf / "logs" / "tiny" / "warmup.log.attempts").read_text()
 
     # Nothing changed: nothing to do.
     again = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml")
     assert again.returncode == 0 and job_counts(again.stdout) == {}, again.stdout
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    # A distillation key: both rounds, round 2's teacher labels (downstream of round 1), their
-    # evaluations and the summary; nothing upstream.
-    edit = tmp_path / "kd.yaml"
-    edit.write_text("distillation: {kd: {weight: 0.5}}\n")
-    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {
-        "distillation": 2, "teacher_labels": 1, "evaluate": 2, "report": 1, "all": 1}
+    for edit, expected in EXACT_RERUNS:
+        overlay = tmp_path / "edit.yaml"
+        overlay.write_text(edit)
+        assert dry_run(wf, "configs/tiny.yaml", str(overlay)) == expected, edit
 
-    # A pseudo-label key: pseudo labels and everything downstream; not warm-up, STM or baselines.
-    edit = tmp_path / "pl.yaml"
-    edit.write_text("pseudo_labels: {percentile: 40.0}\n")
-    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {
-        "pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
-        "report": 1, "all": 1}
-
-    # A report key touches only the report.
-    edit = tmp_path / "rep.yaml"
-    edit.write_text("report: {samples: 1}\n")
-    assert dry_run(wf, "configs/tiny.yaml", str(edit)) == {"report": 1, "all": 1}
+    # `bismap benchmark` reads the rules to rerun from Snakemake's --detailed-summary table.
+    from bismap.sweep import rerun_roots
+    overlay.write_text("pseudo_labels: {percentile: 40.0}\n")
+    summ = snakemake(wf, "--detailed-summary", "--nolock", "--cores", "2", "--configfile", "configs/tiny.yaml",
+                     str(overlay))
+    assert summ.returncode == 0, summ.stderr[-3000:]
+    assert rerun_roots(summ.stdout) == (["pseudo_labels"], False, False), summ.stdout
 
     # `snakemake --report` builds the HTML report from the marked figures.
     rep = snakemake(wf, "--configfile", "configs/tiny.yaml", "--report", "report.html")

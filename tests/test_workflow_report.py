@@ -62,7 +62,7 @@ def test_figures_are_pngs(tmp_path):
 
 
 def test_stage_logging_turns_input_error_into_one_line(tmp_path, capsys):
-    from bismap.workflow import stage_logging
+    from bismap.workflow.stage_logging import stage_logging
 
     log = tmp_path / "x.log"
     smk = SimpleNamespace(log=[str(log)], rule="demo", threads=1)

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from bismap.bench.common import PROFILE_COLUMNS, best_time, default_config, profile_top, table
+from bismap.data.labels import NUM_CLASSES
 from bismap.prototypes import TIE_RTOL, DiagonalGMM, class_log_likelihood
-
-NUM_CLASSES = 19
 
 
 def synthetic_gmms(feat: torch.Tensor, k: int, seed: int = 0) -> dict[int, DiagonalGMM]:
@@ -53,7 +52,7 @@ def run_one(size: tuple[int, int], feature_dim: int, k: int = 8, repeats: int = 
             profile: bool = False) -> dict[str, Any]:
     from bismap.models import build_model
     from bismap.stages.pseudo_labels import gmm_predictor
-    from bismap.stages.source_features import forward, to_input
+    from bismap.engine.inference import forward, to_input
 
     cfg = default_config()
     mcfg = {**cfg["model"], "decoder_channels": int(feature_dim)}

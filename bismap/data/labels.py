@@ -131,7 +131,7 @@ def save_label_png(path: str | os.PathLike, trainid_array: np.ndarray, *,
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel label PNG ('L', 'P' or 'I;16') as its raw values (no mapping)."""
-    from bismap.data.readers import open_image
+    from bismap.data.image_io import open_image
 
     im = open_image(path)
     if im.mode in ("L", "P"):

@@ -16,32 +16,20 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageEnhance, ImageOps
 
-from bismap.io import InputError
+from bismap.data.labels import IGNORE_INDEX
+from bismap.io import InputError, check_keys
 
-IGNORE_INDEX = 255
-
-DEFAULT_AUGMENT: dict[str, Any] = {
-    "scale": [0.5, 1.5],      # relative random resize factor range
-    "crop": None,             # [h, w]; null = keep the resized image whole
-    "flip": True,             # horizontal flip with p = 0.5
-    "jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
-    "crop_retries": 10,       # re-draw a crop holding a single label value up to this many times
-}
-DEFAULT_STRONG: dict[str, Any] = {"ops": 2, "magnitude": 10, "cutout": 0.2}
+# The keys of the config's `augment` and `self_training.strong` slices (defaults: configs/schema.yaml).
+AUGMENT_KEYS = ("scale", "crop", "flip", "jitter", "crop_retries")
+JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+STRONG_KEYS = ("ops", "magnitude", "cutout")
 
 
-def augment_config(augment: Mapping[str, Any] | None) -> dict[str, Any]:
-    """DEFAULT_AUGMENT overlaid with `augment`; unknown keys are an InputError (typos would silently do nothing)."""
-    augment = dict(augment or {})
-    unknown = sorted(set(augment) - set(DEFAULT_AUGMENT))
-    if unknown:
-        raise InputError(f"augment: unknown key(s) {unknown} (known: {sorted(DEFAULT_AUGMENT)})")
-    out = {**DEFAULT_AUGMENT, **augment}
-    jit = dict(out.get("jitter") or {})
-    bad = sorted(set(jit) - set(DEFAULT_AUGMENT["jitter"]))
-    if bad:
-        raise InputError(f"augment.jitter: unknown key(s) {bad} (known: brightness, contrast, saturation, hue)")
-    out["jitter"] = {**DEFAULT_AUGMENT["jitter"], **jit}
+def augment_config(augment: Mapping[str, Any]) -> dict[str, Any]:
+    """The `augment` slice, checked: every key present (crop may be null = keep the resized image whole)."""
+    check_keys("augment", augment, AUGMENT_KEYS)
+    check_keys("augment.jitter", augment["jitter"], JITTER_KEYS)
+    out = {**augment, "jitter": dict(augment["jitter"])}
     lo, hi = (float(v) for v in out["scale"])
     if not 0 < lo <= hi:
         raise InputError(f"augment.scale: need 0 < lo <= hi, got {out['scale']}")
@@ -50,12 +38,10 @@ def augment_config(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def strong_config(strong: Mapping[str, Any] | None) -> dict[str, Any]:
-    strong = dict(strong or {})
-    unknown = sorted(set(strong) - set(DEFAULT_STRONG))
-    if unknown:
-        raise InputError(f"strong: unknown key(s) {unknown} (known: {sorted(DEFAULT_STRONG)})")
-    return {**DEFAULT_STRONG, **strong}
+def strong_config(strong: Mapping[str, Any]) -> dict[str, Any]:
+    """The strong view's slice (`self_training.strong`), checked."""
+    check_keys("strong", strong, STRONG_KEYS)
+    return dict(strong)
 
 
 @dataclass(frozen=True)
@@ -93,15 +79,15 @@ def sample_geometry(rng: np.random.Generator, label: np.ndarray, augment: Mappin
     lo, hi = (float(v) for v in augment["scale"])
     s = float(rng.uniform(lo, hi)) if hi > lo else lo
     size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-    crop = tuple(int(v) for v in augment["crop"]) if augment.get("crop") is not None else size
+    crop = tuple(int(v) for v in augment["crop"]) if augment["crop"] is not None else size
     resized = _resize(label, size, nearest=True)
     top = left = 0
-    for _ in range(max(1, int(augment.get("crop_retries", 1)))):
+    for _ in range(max(1, int(augment["crop_retries"]))):
         top = int(rng.integers(0, max(size[0] - crop[0], 0) + 1))
         left = int(rng.integers(0, max(size[1] - crop[1], 0) + 1))
         if np.unique(_crop(resized, top, left, crop, IGNORE_INDEX)).size > 1:
             break
-    flip = bool(augment.get("flip", False)) and bool(rng.random() < 0.5)
+    flip = bool(augment["flip"]) and bool(rng.random() < 0.5)
     return Geometry(size=size, top=top, left=left, crop=crop, flip=flip)
 
 
@@ -119,12 +105,12 @@ def apply_geometry(array: np.ndarray, geom: Geometry, kind: str) -> np.ndarray:
 def color_jitter(image: np.ndarray, rng: np.random.Generator, jitter: Mapping[str, float]) -> np.ndarray:
     """Hue, brightness, saturation, contrast (the original's order); factors U(1-x, 1+x), hue U(-x, x)."""
     img = Image.fromarray(image)
-    hue = float(jitter.get("hue", 0.0))
+    hue = float(jitter["hue"])
     if hue > 0:
         img = TF.adjust_hue(img, float(rng.uniform(-min(hue, 0.5), min(hue, 0.5))))
     for key, fn in (("brightness", TF.adjust_brightness), ("saturation", TF.adjust_saturation),
                     ("contrast", TF.adjust_contrast)):
-        x = float(jitter.get(key, 0.0))
+        x = float(jitter[key])
         if x > 0:
             img = fn(img, float(rng.uniform(max(0.0, 1.0 - x), 1.0 + x)))
     return np.asarray(img)

@@ -7,8 +7,6 @@ bit-for-bit on CPU. Everything is stored as tensors / plain Python so files load
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 from pathlib import Path
@@ -27,12 +25,6 @@ RESUME_FORMAT = "bismap-resume/1"
 def resume_path(out_checkpoint: str | os.PathLike) -> Path:
     """`<out_checkpoint>.resume.pt`: next to the final file, so it is on the same filesystem."""
     return Path(str(out_checkpoint) + ".resume.pt")
-
-
-def make_fingerprint(*parts: Any, **named: Any) -> str:
-    """sha256 over the JSON of everything that determines a run's result."""
-    text = json.dumps({"parts": parts, "named": named}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import ContextManager
 
 import torch
 
@@ -126,7 +126,3 @@ def resolve_amp(mode: str, device: torch.device) -> AmpSettings:
     if mode == "bf16":
         return AmpSettings(torch.bfloat16, False, device.type)
     return AmpSettings(torch.float16, True, device.type)
-
-
-def autocast_factory(amp: AmpSettings) -> Callable[[], ContextManager]:
-    return amp.autocast

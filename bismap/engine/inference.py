@@ -165,3 +165,78 @@ def predict_dataset(model: nn.Module, dataset: Any, scales: Sequence[float] = (1
         if isinstance(label, torch.Tensor):
             label = label.numpy()
         yield item["name"], item.get("file", item["name"]), out.cpu(), label
+
+
+def iter_batches(dataset, batch_size: int, max_images: int | None = None) -> Iterator[list[dict]]:
+    """Items in dataset (sorted-name) order, grouped into batches of equal image size."""
+    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    batch: list[dict] = []
+    for i in range(n):
+        item = dataset[i]
+        if batch and (len(batch) >= batch_size or batch[0]["image"].shape != item["image"].shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def to_input(items: Sequence[dict], mean: Sequence[float], std: Sequence[float], device: torch.device) -> torch.Tensor:
+    """uint8 HxWx3 images -> normalised float [B,3,H,W] (mean/std in [0,1] units, as the training views)."""
+    x = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).to(device)
+
+
+@torch.no_grad()
+def forward(model: torch.nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature, logits) at stride 4, optionally averaged with the horizontally flipped image's."""
+    feat, logits = model(x)
+    if flip:
+        f2, l2 = model(torch.flip(x, dims=[3]))
+        feat = (feat + torch.flip(f2, dims=[3])) / 2
+        logits = (logits + torch.flip(l2, dims=[3])) / 2
+    return feat.float(), logits.float()
+
+
+def predict_labels(model: torch.nn.Module, image: np.ndarray, *, mean, std, scales=(1.0,), flip: bool = False,
+                   device: torch.device | str = "cpu", size: tuple[int, int] | None = None) -> np.ndarray:
+    """Hard labels (uint8 [H,W]) for one image: multi-scale x flip logit averaging, then argmax.
+
+    `size` (H, W) resamples the averaged logits bilinearly before the argmax (label size).
+    """
+    from bismap.engine.inference import normalise_image, predict_logits
+
+    x = normalise_image(image, mean, std).unsqueeze(0).to(device)
+    with torch.no_grad():
+        logits = predict_logits(model, x, scales=tuple(float(s) for s in scales), flip=bool(flip))
+        if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+            logits = torch.nn.functional.interpolate(logits.float(), size=tuple(size), mode="bilinear",
+                                                     align_corners=True)
+        return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, mean, std,
+                       device: torch.device | str, workers: int = 0):
+    """Yield (name, file, prediction uint8 [H,W], label uint8 [H,W] or None) for every dataset item.
+
+    Like engine.inference.predict_dataset, but the argmax (at the label size) happens on the
+    device: copying full-resolution 19-channel logits to the host per image would dominate.
+    """
+    from bismap.engine.inference import normalise_image, predict_logits
+
+    has_labels = bool(getattr(dataset, "has_labels", True))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=int(workers),
+                                         collate_fn=_identity)
+    model.eval()
+    with torch.no_grad():
+        for item in loader:
+            x = normalise_image(item["image"], mean, std).unsqueeze(0).to(device)
+            logits = predict_logits(model, x, scales=tuple(float(s) for s in scales), flip=bool(flip))
+            label = item.get("label") if has_labels else None
+            if label is not None and tuple(logits.shape[-2:]) != tuple(label.shape):
+                logits = torch.nn.functional.interpolate(logits, size=tuple(label.shape), mode="bilinear",
+                                                         align_corners=True)
+            pred = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            yield item["name"], item.get("file", item["name"]), pred, label

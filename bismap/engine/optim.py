@@ -71,7 +71,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, total_iters: int, warmu
 
 
 def from_train_cfg(model: nn.Module, train_cfg: dict) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """Optimizer and scheduler from the `train` config slice (see trainer.TRAIN_DEFAULTS)."""
+    """Optimizer and scheduler from the `train` config slice (the keys trainer.TRAIN_KEYS lists)."""
     opt = build_optimizer(model, lr=train_cfg["lr"], head_lr_mult=train_cfg["head_lr_mult"],
                           momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"])
     sched = build_scheduler(opt, total_iters=train_cfg["iterations"], warmup_iters=train_cfg["warmup_iters"],

@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of the self-training step, for the README.
+"""Training throughput and peak memory of the self-training step, for docs/internals.md.
 
 Not a test. Runs bismap.engine.trainer.fit (optimizer, schedule, EMA, AMP exactly as the stages
 use them) on in-memory random crops with the self-training step's shape: student forward +
@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,22 @@ import torch.nn.functional as F
 from bismap.engine import device as dev
 from bismap.engine import stream, trainer
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config_model(config_file: str, **overrides: Any) -> dict[str, Any]:
+    """The complete `model` slice of a config file of the repository (build_model takes nothing less)."""
+    import yaml
+
+    return {**yaml.safe_load((REPO / config_file).read_text())["model"], **overrides}
+
+
 SETTINGS = {
-    # DeepLabV3+ R101 OS16, 4 source + 4 target crops of 512x896 (the original's gta5_st.yml)
-    "paper": {"model": {"backbone": "resnet101", "weights": "none"}, "crop": (512, 896), "batch": 4},
-    # config.yaml's embedded default: ResNet-18, small decoder, 64x128 crops
-    "embedded": {"model": {"backbone": "resnet18", "weights": "none", "aspp_channels": 64, "decoder_channels": 128,
-                           "low_level_channels": 32}, "crop": (64, 128), "batch": 4},
+    # DeepLabV3+ R101 OS16 of configs/gta5.yaml (no pretrained weights), 4 source + 4 target crops of
+    # 512x896 (the original's gta5_st.yml)
+    "paper": {"model": config_model("configs/gta5.yaml", weights="none"), "crop": (512, 896), "batch": 4},
+    # config.yaml's embedded default: its ResNet-18 DeepLabV3+, 64x128 crops
+    "embedded": {"model": config_model("config.yaml"), "crop": (64, 128), "batch": 4},
 }
 
 
@@ -116,7 +126,7 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
     device = dev.resolve_device(device_name)
     torch.manual_seed(0)
     model = build_model(spec["model"])
-    classes = int(spec["model"].get("num_classes", 19))
+    classes = int(spec["model"]["num_classes"])
     bs = spec["batch"]
     streams = {name: stream.InfiniteStream(RandomCrops(2 * bs, spec["crop"], classes, seed=i), bs, seed=i,
                                            pin_memory=device.type == "cuda")
@@ -125,11 +135,13 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     total = warmup + iters + 1
-    cfg = {"iterations": total, "lr": 5e-4, "warmup_iters": 0, "amp": amp, "channels_last": channels_last,
-           "checkpoint_every": 0, "log_every": total, "seed": 0}
+    cfg = {"iterations": total, "lr": 5e-4, "head_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4,
+           "warmup_iters": 0, "poly_power": 0.9, "min_lr": 1e-7, "amp": amp, "channels_last": channels_last,
+           "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
         trainer.fit(model=model, loss_fn=LOSSES[step](times, device), streams=streams, train_cfg=cfg,
-                    out_checkpoint=Path(tmp) / "bench.pt", fingerprint="benchmark", ema_decay=0.999, device=device,
+                    out_checkpoint=Path(tmp) / "bench.pt", fingerprint="benchmark", log_every=total,
+                    checkpoint_every=0, ema_decay=0.999, device=device,
                     model_config=spec["model"], tensorboard_dir=None)
     rate = iters / (times[warmup + iters] - times[warmup])
     steps = sorted(b - a for a, b in zip(times[warmup:warmup + iters], times[warmup + 1:warmup + iters + 1]))

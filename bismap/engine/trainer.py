@@ -21,30 +21,22 @@ from bismap.engine import checkpoint as ckpt_io
 from bismap.engine import distributed as ddp
 from bismap.engine.device import resolve_amp
 from bismap.engine.ema import create_ema, update_ema
+from bismap.engine.fingerprint import changed_parts
 from bismap.engine.optim import from_train_cfg
 from bismap.engine.stream import InfiniteStream, mix_seed
 
-# Every key of the `train` slice the trainer reads, with the value used when it is absent.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "iterations": 1000,       # optimizer steps in total
-    "lr": 5e-4,               # backbone learning rate (the original's)
-    "head_lr_mult": 10.0,     # ASPP + decoder learning rate = lr * head_lr_mult
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "warmup_iters": 400,      # linear warm-up from 0
-    "poly_power": 0.9,        # poly decay after warm-up
-    "min_lr": 1e-7,           # absolute floor of the poly decay (both groups)
-    "amp": "auto",            # auto | off | bf16 | fp16 (CUDA only; CPU always fp32)
+# Every key of the `train` config slice the trainer reads (configs/schema.yaml holds their defaults).
+TRAIN_KEYS = ("iterations", "lr", "head_lr_mult", "momentum", "weight_decay", "warmup_iters", "poly_power",
+              "min_lr", "amp", "seed")
+# Trainer options that are not config keys (callers such as the throughput benchmark set them).
+ENGINE_OPTIONS: dict[str, Any] = {
     "channels_last": True,    # NHWC tensors on CUDA (faster convolutions with AMP)
-    "checkpoint_every": 1000, # write <out>.resume.pt every N iterations (0 = never)
-    "log_every": 50,          # progress line every N iterations
-    "seed": 0,                # seeds torch / numpy / random at a fresh start
     "grad_clip": None,        # max global grad norm (None = off; the original does not clip)
 }
 # Keys the trainer accepts but that belong to the caller (e.g. the streams' batch size).
 _PASSTHROUGH_KEYS = {"batch_size"}
 _RESERVED = {"format", "model_config", "model", "ema", "iteration", "fingerprint", "train_cfg", "optimizer",
-             "scheduler", "scaler", "rng", "streams", "world_size"}
+             "scheduler", "scaler", "rng", "streams", "world_size", "fingerprint_parts"}
 
 
 @dataclass
@@ -62,13 +54,18 @@ class StepContext:
 
 
 def resolve_train_cfg(train_cfg: Mapping[str, Any]) -> dict:
-    """TRAIN_DEFAULTS overlaid with `train_cfg`; unknown keys are reported (a typo must not pass silently)."""
-    unknown = set(train_cfg) - set(TRAIN_DEFAULTS) - _PASSTHROUGH_KEYS
+    """The `train` slice checked: every TRAIN_KEYS present (the schema fills them), ENGINE_OPTIONS
+    where absent; unknown keys are reported (a typo must not pass silently)."""
+    missing = [k for k in TRAIN_KEYS if k not in train_cfg]
+    if missing:
+        raise ValueError(f"train config lacks key(s) {missing} (configs/schema.yaml gives their defaults)")
+    known = set(TRAIN_KEYS) | set(ENGINE_OPTIONS)
+    unknown = set(train_cfg) - known - _PASSTHROUGH_KEYS
     if unknown and ddp.is_main():
         print(f"note: train config key(s) {sorted(unknown)} are not used by the trainer "
-              f"(known: {sorted(TRAIN_DEFAULTS)})", flush=True)
-    cfg = dict(TRAIN_DEFAULTS)
-    cfg.update({k: v for k, v in train_cfg.items() if k in TRAIN_DEFAULTS})
+              f"(known: {sorted(known)})", flush=True)
+    cfg = dict(ENGINE_OPTIONS)
+    cfg.update({k: v for k, v in train_cfg.items() if k in known})
     if int(cfg["iterations"]) < 1:
         raise ValueError(f"train.iterations must be >= 1, got {cfg['iterations']}")
     return cfg
@@ -125,27 +122,101 @@ def _model_config(model: nn.Module, given: dict | None) -> dict | None:
     return None
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds between its steps (built by _setup)."""
+
+    cfg: dict
+    model: nn.Module                 # the bare student (checkpointed)
+    net: nn.Module                   # what loss_fn calls: `model`, DDP-wrapped when world > 1
+    ema: nn.Module | None
+    ema_decay: float | None
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    amp: Any
+    device: torch.device
+    channels_last: bool
+    streams: Mapping[str, InfiniteStream]
+    info: Any                        # ddp.current_info()
+    out_checkpoint: Path
+    resume_file: Path
+    fingerprint: str
+    model_config: dict
+    extra: dict
+    log_every: int
+    checkpoint_every: int
+    writer: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.info.rank == 0
+
+    @property
+    def total(self) -> int:
+        return int(self.cfg["iterations"])
+
+
+@dataclass
+class _LossWindow:
+    """Loss sums since the last progress line (kept on the device: one host sync per line)."""
+
+    sums: dict = field(default_factory=dict)
+    count: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, losses: Mapping[str, torch.Tensor], loss: torch.Tensor) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.sums["total"] = self.sums.get("total", 0.0) + loss.detach()
+        self.count += 1
+
+
 def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch.Tensor]],
         streams: Mapping[str, InfiniteStream], train_cfg: Mapping[str, Any], out_checkpoint: str | os.PathLike,
-        fingerprint: str, ema_decay: float | None = None, device: torch.device | str = "cpu",
-        extra_state: Mapping[str, Any] | None = None, model_config: dict | None = None,
-        tensorboard_dir: str | os.PathLike | None = "auto") -> Path:
+        fingerprint: str, log_every: int, checkpoint_every: int, ema_decay: float | None = None,
+        device: torch.device | str = "cpu", extra_state: Mapping[str, Any] | None = None,
+        model_config: dict | None = None, tensorboard_dir: str | os.PathLike | None = "auto") -> Path:
     """Train `model` for train_cfg["iterations"] steps and write the final checkpoint; returns its path.
 
     Resumes from `<out_checkpoint>.resume.pt` when its fingerprint equals `fingerprint`.
+    log_every / checkpoint_every: iterations between progress lines / resume files (0 = never);
+    they come from the config's `runtime` section and change nothing in the result.
     extra_state: JSON-like entries stored at the top level of both checkpoint files.
     model_config: the `model` slice load_model rebuilds from (default: model.model_config/.config/.cfg).
     tensorboard_dir: "auto" = `<out_checkpoint>.tb/`, None = no TensorBoard (skipped anyway when
     tensorboard is not installed).
     """
+    run = _setup(model, streams, train_cfg, out_checkpoint, fingerprint, ema_decay, device, extra_state,
+                 model_config, log_every, checkpoint_every)
+    start = _resume(run)
+    if start == 0:
+        _seed_everything(int(run.cfg["seed"]), run.info.rank)
+    _open_log(run, tensorboard_dir)
+    window = _LossWindow()
+    for it in range(start, run.total):
+        losses, loss = _step(run, loss_fn, it)
+        window.add(losses, loss)
+        done = it + 1
+        if done % run.log_every == 0 or done == run.total:
+            _log_progress(run, window, done)
+            window = _LossWindow()
+        if run.checkpoint_every > 0 and done % run.checkpoint_every == 0 and done < run.total:
+            ddp.broadcast_buffers(run.model)
+            ddp.broadcast_buffers(run.ema)
+            _save_resume(run, done)
+    _save_final(run)
+    ddp.barrier()
+    return run.out_checkpoint
+
+
+def _setup(model, streams, train_cfg, out_checkpoint, fingerprint, ema_decay, device, extra_state, model_config,
+           log_every, checkpoint_every) -> _Run:
+    """Process group, checked config, model on its device, EMA, DDP wrapper, optimizer, scaler."""
     ddp.init_distributed()  # joins the process group under torchrun / multi-task srun; no-op otherwise
     cfg = resolve_train_cfg(train_cfg)
     out_checkpoint = Path(out_checkpoint)
-    resume_file = ckpt_io.resume_path(out_checkpoint)
     device = torch.device(device)
-    info = ddp.current_info()
-    main = info.rank == 0
-    total = int(cfg["iterations"])
     extra = dict(extra_state or {})
     clash = _RESERVED & set(extra)
     if clash:
@@ -164,125 +235,128 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
     net = ddp.wrap_model(model, device)  # DDP (+ SyncBatchNorm on CUDA) when world > 1
     optimizer, scheduler = from_train_cfg(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp.use_scaler)
+    return _Run(cfg=cfg, model=model, net=net, ema=ema, ema_decay=ema_decay, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, amp=amp, device=device, channels_last=channels_last,
+                streams=streams, info=ddp.current_info(), out_checkpoint=out_checkpoint,
+                resume_file=ckpt_io.resume_path(out_checkpoint), fingerprint=fingerprint, model_config=mcfg,
+                extra=extra, log_every=max(int(log_every), 1), checkpoint_every=int(checkpoint_every))
 
-    start = 0
-    if resume_file.exists():
+
+def _resume(run: _Run) -> int:
+    """The iteration to start from: the resume file's when it is readable and was written by this
+    fingerprint and world size (its state then restored), else 0."""
+    if not run.resume_file.exists():
+        return 0
+    state = None
+    try:
+        state = ckpt_io.load_checkpoint(run.resume_file, map_location="cpu", formats=(ckpt_io.RESUME_FORMAT,))
+    except Exception as e:
+        _note(run, f"note: ignoring unreadable resume file {run.resume_file} ({e})")
+    if state is not None and state.get("fingerprint") != run.fingerprint:
+        changed = changed_parts(state.get("fingerprint_parts"), getattr(run.fingerprint, "parts", None))
+        what = ", ".join(changed) if changed else "configuration or inputs"
+        _note(run, f"note: not resuming from {run.resume_file}: {what} changed since it was written (fingerprint "
+                   f"{str(state.get('fingerprint'))[:12]} != {run.fingerprint[:12]}); starting fresh")
         state = None
-        try:
-            state = ckpt_io.load_checkpoint(resume_file, map_location="cpu", formats=(ckpt_io.RESUME_FORMAT,))
-        except Exception as e:
-            if main:
-                print(f"note: ignoring unreadable resume file {resume_file} ({e})", flush=True)
-        if state is not None and state.get("fingerprint") != fingerprint:
-            if main:
-                print(f"note: {resume_file} was written by a different configuration (fingerprint "
-                      f"{str(state.get('fingerprint'))[:12]} != {fingerprint[:12]}); starting fresh and "
-                      f"overwriting it", flush=True)
-            state = None
-        if state is not None and int(state.get("world_size", 1)) != info.world_size:
-            if main:
-                print(f"note: {resume_file} was written by {state.get('world_size')} process(es), this run has "
-                      f"{info.world_size}; starting fresh", flush=True)
-            state = None
-        if state is not None:
-            start = _restore(state, model, ema, optimizer, scheduler, scaler, streams, info.rank)
-            if main:
-                print(f"resuming from {resume_file} at iteration {start}/{total}", flush=True)
-    if start == 0:
-        _seed_everything(int(cfg["seed"]), info.rank)
-
-    writer = None
-    if main and tensorboard_dir is not None:
-        tb = Path(str(out_checkpoint) + ".tb") if tensorboard_dir == "auto" else Path(tensorboard_dir)
-        writer = _tensorboard_writer(tb)
-    if main:
-        print(f"training {total} iterations on {device} (world {info.world_size}, amp {amp.name}, "
-              f"channels_last {channels_last}, ema {ema_decay}) -> {out_checkpoint}", flush=True)
-
-    log_every = max(int(cfg["log_every"]), 1)
-    ckpt_every = int(cfg["checkpoint_every"])
-    grad_clip = cfg["grad_clip"]
-    sums: dict[str, torch.Tensor] = {}
-    window = 0
-    t_window = time.perf_counter()
-    for it in range(start, total):
-        batches = {name: _to_device(next(s), device, channels_last) for name, s in streams.items()}
-        ctx = StepContext(model=net, ema=ema, batches=batches, iteration=it, device=device,
-                          autocast=amp.autocast, total_iterations=total)
-        losses = loss_fn(ctx)
-        if not losses:
-            raise ValueError("loss_fn returned no losses")
-        loss = sum(v.float() for v in losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            update_ema(ema, model, float(ema_decay))
-
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
-        sums["total"] = sums.get("total", 0.0) + loss.detach()
-        window += 1
-        done = it + 1
-        if done % log_every == 0 or done == total:
-            means = {k: float(v) / window for k, v in sums.items()}  # the only host sync per window
-            now = time.perf_counter()
-            rate = window / max(now - t_window, 1e-9)
-            lrs = [g["lr"] for g in optimizer.param_groups]
-            if main:
-                parts = " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                print(f"[{done}/{total}] {rate:.2f} it/s ETA {_format_eta((total - done) / rate)} | {parts} | "
-                      f"lr {lrs[0]:.3g}", flush=True)
-                if writer is not None:
-                    for k, v in means.items():
-                        writer.add_scalar(f"loss/{k}", v, done)
-                    writer.add_scalar("lr", lrs[0], done)
-                    writer.add_scalar("it_per_s", rate, done)
-            if not math.isfinite(means["total"]) and not amp.use_scaler:
-                raise FloatingPointError(f"{out_checkpoint}: training loss became {means['total']} at iteration "
-                                         f"{done}; lower train.lr or check the inputs")
-            sums, window, t_window = {}, 0, time.perf_counter()
-        if ckpt_every > 0 and done % ckpt_every == 0 and done < total:
-            ddp.broadcast_buffers(model)
-            ddp.broadcast_buffers(ema)
-            _save_resume(resume_file, done, fingerprint, model, ema, optimizer, scheduler, scaler, streams, info,
-                         mcfg, cfg, extra)
-
-    ddp.broadcast_buffers(model)
-    ddp.broadcast_buffers(ema)
-    if main:
-        final = {"format": ckpt_io.FORMAT, "model_config": mcfg, "model": model.state_dict(),
-                 "ema": ema.state_dict() if ema is not None else None, "iteration": total,
-                 "train_cfg": cfg, **extra}
-        # No fingerprint here: it hashes input paths and mtimes, and the final file must be
-        # a function of config and seed only (byte-identical across working folders and hosts).
-        ckpt_io.save_checkpoint(out_checkpoint, final)
-        resume_file.unlink(missing_ok=True)
-        if writer is not None:
-            writer.close()
-        print(f"wrote {out_checkpoint}", flush=True)
-    ddp.barrier()
-    return out_checkpoint
+    if state is not None and int(state.get("world_size", 1)) != run.info.world_size:
+        _note(run, f"note: {run.resume_file} was written by {state.get('world_size')} process(es), this run has "
+                   f"{run.info.world_size}; starting fresh")
+        state = None
+    if state is None:
+        return 0
+    start = _restore(state, run.model, run.ema, run.optimizer, run.scheduler, run.scaler, run.streams,
+                     run.info.rank)
+    _note(run, f"resuming from {run.resume_file} at iteration {start}/{run.total}")
+    return start
 
 
-def _save_resume(path: Path, iteration: int, fingerprint: str, model: nn.Module, ema: nn.Module | None,
-                 optimizer, scheduler, scaler, streams: Mapping[str, InfiniteStream], info, mcfg, cfg, extra) -> None:
+def _note(run: _Run, text: str) -> None:
+    if run.main:
+        print(text, flush=True)
+
+
+def _open_log(run: _Run, tensorboard_dir) -> None:
+    """TensorBoard writer (rank 0, when wanted and installed) and the run's first log line."""
+    if run.main and tensorboard_dir is not None:
+        tb = Path(str(run.out_checkpoint) + ".tb") if tensorboard_dir == "auto" else Path(tensorboard_dir)
+        run.writer = _tensorboard_writer(tb)
+    _note(run, f"training {run.total} iterations on {run.device} (world {run.info.world_size}, amp {run.amp.name}, "
+               f"channels_last {run.channels_last}, ema {run.ema_decay}) -> {run.out_checkpoint}")
+
+
+def _step(run: _Run, loss_fn, it: int) -> tuple[Mapping[str, torch.Tensor], torch.Tensor]:
+    """One iteration: a batch from every stream, the losses, one backward, optimizer/scheduler/EMA steps."""
+    batches = {name: _to_device(next(s), run.device, run.channels_last) for name, s in run.streams.items()}
+    ctx = StepContext(model=run.net, ema=run.ema, batches=batches, iteration=it, device=run.device,
+                      autocast=run.amp.autocast, total_iterations=run.total)
+    losses = loss_fn(ctx)
+    if not losses:
+        raise ValueError("loss_fn returned no losses")
+    loss = sum(v.float() for v in losses.values())
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg["grad_clip"] is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(run.cfg["grad_clip"]))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.ema is not None:
+        update_ema(run.ema, run.model, float(run.ema_decay))
+    return losses, loss
+
+
+def _log_progress(run: _Run, window: _LossWindow, done: int) -> None:
+    """The progress line (and TensorBoard scalars) of the window ending at iteration `done`; a
+    non-finite mean loss stops the run (unless the AMP scaler is there to skip such steps)."""
+    means = {k: float(v) / window.count for k, v in window.sums.items()}  # the only host sync per window
+    rate = window.count / max(time.perf_counter() - window.started, 1e-9)
+    lr = run.optimizer.param_groups[0]["lr"]
+    if run.main:
+        parts = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+        print(f"[{done}/{run.total}] {rate:.2f} it/s ETA {_format_eta((run.total - done) / rate)} | {parts} | "
+              f"lr {lr:.3g}", flush=True)
+        if run.writer is not None:
+            for k, v in means.items():
+                run.writer.add_scalar(f"loss/{k}", v, done)
+            run.writer.add_scalar("lr", lr, done)
+            run.writer.add_scalar("it_per_s", rate, done)
+    if not math.isfinite(means["total"]) and not run.amp.use_scaler:
+        raise FloatingPointError(f"{run.out_checkpoint}: training loss became {means['total']} at iteration "
+                                 f"{done}; lower train.lr or check the inputs")
+
+
+def _save_final(run: _Run) -> None:
+    """The final checkpoint (rank 0), written atomically; the resume file is then removed."""
+    ddp.broadcast_buffers(run.model)
+    ddp.broadcast_buffers(run.ema)
+    if not run.main:
+        return
+    final = {"format": ckpt_io.FORMAT, "model_config": run.model_config, "model": run.model.state_dict(),
+             "ema": run.ema.state_dict() if run.ema is not None else None, "iteration": run.total,
+             "train_cfg": run.cfg, **run.extra}
+    # No fingerprint here: it hashes input paths and mtimes, and the final file must be
+    # a function of config and seed only (byte-identical across working folders and hosts).
+    ckpt_io.save_checkpoint(run.out_checkpoint, final)
+    run.resume_file.unlink(missing_ok=True)
+    if run.writer is not None:
+        run.writer.close()
+    print(f"wrote {run.out_checkpoint}", flush=True)
+
+
+def _save_resume(run: _Run, iteration: int) -> None:
     """All ranks contribute their RNG and stream states; rank 0 writes (atomically)."""
-    rank_state = {"rng": ckpt_io.capture_rng_state(), "streams": {k: s.state_dict() for k, s in streams.items()}}
+    rank_state = {"rng": ckpt_io.capture_rng_state(), "streams": {k: s.state_dict() for k, s in run.streams.items()}}
     gathered = ddp.all_gather_object(rank_state)
-    if info.rank == 0:
-        state = {"format": ckpt_io.RESUME_FORMAT, "fingerprint": fingerprint, "iteration": iteration,
-                 "world_size": info.world_size, "model_config": mcfg, "train_cfg": cfg,
-                 "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": [g["rng"] for g in gathered],
-                 "streams": [g["streams"] for g in gathered], **extra}
-        ckpt_io.save_checkpoint(path, state)
+    if run.main:
+        state = {"format": ckpt_io.RESUME_FORMAT, "fingerprint": str(run.fingerprint),
+                 "fingerprint_parts": dict(getattr(run.fingerprint, "parts", {})), "iteration": iteration,
+                 "world_size": run.info.world_size, "model_config": run.model_config, "train_cfg": run.cfg,
+                 "model": run.model.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
+                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "scaler": run.scaler.state_dict(), "rng": [g["rng"] for g in gathered],
+                 "streams": [g["streams"] for g in gathered], **run.extra}
+        ckpt_io.save_checkpoint(run.resume_file, state)
     ddp.barrier()
 
 

@@ -14,29 +14,19 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bismap.io import InputError
+from bismap.io import InputError, check_keys
 from bismap.models.deeplabv3plus import DeepLabV3Plus
 from bismap.models.frozen_bn import FrozenBatchNorm2d, freeze_batchnorm
 from bismap.models.resnet import RESNET_DEPTHS, ResNetBackbone, imagenet_state_dict
 from bismap.models.simclr import (SIMCLR_LAYERS, SimCLRBackbone, SimCLRResNet, simclr_sk0_to_torchvision,
                                   torchvision_to_simclr_sk0)
 
-__all__ = ["DEFAULT_MODEL", "DeepLabV3Plus", "FrozenBatchNorm2d", "SimCLRResNet", "build_model", "build_backbone",
+__all__ = ["MODEL_KEYS", "DeepLabV3Plus", "FrozenBatchNorm2d", "SimCLRResNet", "build_model", "build_backbone",
            "freeze_batchnorm", "load_pretrained", "load_state"]
 
-DEFAULT_MODEL: dict[str, Any] = {
-    "backbone": "resnet101",
-    "weights": "none",
-    "output_stride": 16,
-    "multi_grid": [1, 2, 4],
-    "aspp_channels": 256,
-    "decoder_channels": 256,
-    "low_level_channels": 48,
-    "num_classes": 19,
-    "dropout": 0.1,
-    "sk_ratio": 0.0,
-    "width_multiplier": 1,
-}
+# The keys of the config's `model` slice (defaults: configs/schema.yaml).
+MODEL_KEYS = ("backbone", "weights", "output_stride", "multi_grid", "aspp_channels", "decoder_channels",
+              "low_level_channels", "num_classes", "dropout", "sk_ratio", "width_multiplier")
 
 # where a whole-file dict nests its weights, in the order tried when `key` is not given
 _NESTED_KEYS = ("state_dict", "resnet", "model_state", "model")
@@ -44,27 +34,24 @@ _NESTED_KEYS = ("state_dict", "resnet", "model_state", "model")
 
 def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
     name = str(cfg["backbone"])
-    mg = cfg.get("multi_grid") or [1]
+    mg = cfg["multi_grid"] or [1]
     if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in RESNET_DEPTHS:
         return ResNetBackbone(int(name[6:]), int(cfg["output_stride"]), mg)
     if name.startswith("simclr_r") and name[8:].isdigit() and int(name[8:]) in SIMCLR_LAYERS:
-        return SimCLRBackbone(int(name[8:]), int(cfg.get("width_multiplier", 1)), float(cfg.get("sk_ratio", 0.0)),
+        return SimCLRBackbone(int(name[8:]), int(cfg["width_multiplier"]), float(cfg["sk_ratio"]),
                               int(cfg["output_stride"]), mg)
     choices = [f"resnet{d}" for d in RESNET_DEPTHS] + [f"simclr_r{d}" for d in SIMCLR_LAYERS]
     raise InputError(f"model.backbone: unknown backbone {name!r} (choices: {', '.join(choices)})")
 
 
-def build_model(cfg: Mapping[str, Any] | None = None) -> DeepLabV3Plus:
-    """DeepLabV3+ from the config `model` slice (missing keys take DEFAULT_MODEL values).
+def build_model(cfg: Mapping[str, Any]) -> DeepLabV3Plus:
+    """DeepLabV3+ from the config's complete `model` slice (MODEL_KEYS).
 
     Kaiming init everywhere, then the backbone weights: "none", "imagenet" (torchvision
     ResNets only) or a file path (see load_pretrained). The head is always freshly initialised.
     """
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULT_MODEL))
-    if unknown:
-        raise InputError(f"model: unknown key(s) {unknown} (known: {sorted(DEFAULT_MODEL)})")
-    cfg = {**DEFAULT_MODEL, **cfg}
+    check_keys("model", cfg, MODEL_KEYS)
+    cfg = dict(cfg)
     backbone = build_backbone(cfg)
     model = DeepLabV3Plus(backbone, num_classes=int(cfg["num_classes"]), output_stride=int(cfg["output_stride"]),
                           aspp_channels=int(cfg["aspp_channels"]), decoder_channels=int(cfg["decoder_channels"]),

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bismap.io import InputError, read_json, write_json
-from bismap.stages.source_features import (IGNORE, NUM_CLASSES, iter_batches, load_warmup, mean_std, open_spec,
-                                           setup_device, to_input)
+from bismap.io import InputError, write_json
+from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.engine.inference import iter_batches, to_input
+from bismap.engine.stage_setup import load_warmup, mean_std, open_spec, setup_device
 
 # H_c of the original's source_transferability_map.py (trainId order road..bicycle)
 OFFICIAL = {
@@ -67,21 +68,10 @@ def table(mode: str, raw: dict[int, float], pixels: dict[int, int] | None, prese
     }
 
 
-def read_normalised(path: str | os.PathLike) -> np.ndarray:
-    """The normalised entropy per trainId (float [19]) from a class-entropy json."""
-    obj = read_json(path)
-    names = class_names()
-    try:
-        norm = obj["normalised"]
-        return np.array([float(norm.get(n) or 0.0) for n in names], dtype=np.float64)
-    except (TypeError, KeyError, AttributeError, ValueError):
-        raise InputError(f"{path}: not a class-entropy json (needs a 'normalised' mapping)") from None
-
-
 def run(*, checkpoint: str | os.PathLike, source: dict, out_json: str | os.PathLike, cfg: dict,
-        data: dict | None = None, threads: int = 1) -> None:
+        data: dict, runtime: dict, threads: int = 1) -> None:
     """Write {"mode", "entropy": {name: nats|null}, "normalised": {name: [0,1]}, "pixels", "absent"}."""
-    mode = str(cfg.get("mode", "data"))
+    mode = str(cfg["mode"])
     if mode in OFFICIAL:
         # the original normalises over all 19 entries (SYNTHIA's missing classes count as 0)
         raw = dict(enumerate(OFFICIAL[mode]))
@@ -90,19 +80,19 @@ def run(*, checkpoint: str | os.PathLike, source: dict, out_json: str | os.PathL
         return
     if mode != "data":
         raise InputError(f"config: class_entropy.mode must be data, official_gta5 or official_synthia, got {mode!r}")
-    device = setup_device(threads, data, cfg)
-    mean, std = mean_std(data, "class_entropy")
+    device = setup_device(threads, runtime)
+    mean, std = mean_std(data)
     model = load_warmup(checkpoint, device)
     ds = open_spec(source, "source")
     if not getattr(ds, "has_labels", True):
         raise InputError(f"{source.get('root')}: class entropy needs labelled source images")
-    max_images = cfg.get("max_images")
+    max_images = cfg["max_images"]
     total = len(ds) if max_images is None else min(len(ds), int(max_images))
     sums = torch.zeros(NUM_CLASSES, dtype=torch.float64)
     counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
     done = 0
     with torch.no_grad():
-        for items in iter_batches(ds, int(cfg.get("batch_size", 4)), max_images):
+        for items in iter_batches(ds, int(cfg["batch_size"]), max_images):
             _, logits = model(to_input(items, mean, std, device))
             s, n = entropy_sums(logits, torch.from_numpy(np.stack([it["label"] for it in items])))
             sums += s

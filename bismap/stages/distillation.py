@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from bismap.io import InputError
-from bismap.stages import common
+from bismap.engine.fingerprint import fingerprint, path_signature, spec_signature
+from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, init_from_checkpoint, model_config, normalisation, setup_device
+from bismap.engine.steps import source_and_target_losses
 
 SECTION = "distillation"
 
@@ -22,18 +24,18 @@ SECTION = "distillation"
 def student_model_config(model: dict, cfg: dict) -> dict:
     """The `model` slice with the student's backbone weights (null = `model.weights`) and optional
     `student_backbone` (null/absent = `model.backbone`, e.g. simclr_r101 for r101_1x_sk0.pth)."""
-    weights = cfg.get("student_weights")
-    return common.model_config(model, weights=weights, backbone=cfg.get("student_backbone"))
+    weights = cfg["student_weights"]
+    return model_config(model, weights=weights, backbone=cfg["student_backbone"])
 
 
 def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
     """Per-iteration loss for trainer.fit: source CE (+STM) + target SCE + kd.weight * KD."""
     from bismap.losses import distillation_loss
 
-    supervised = common.source_and_target_losses(cfg, SECTION)
-    kd = common.require(cfg, "kd", SECTION)
-    kd_weight = float(common.require(kd, "weight", f"{SECTION}.kd"))
-    variant = str(common.require(kd, "variant", f"{SECTION}.kd"))
+    supervised = source_and_target_losses(cfg, SECTION)
+    kd = cfg["kd"]
+    kd_weight = float(kd["weight"])
+    variant = str(kd["variant"])
     if variant not in ("kl", "original"):
         raise InputError(f"config: `{SECTION}.kd.variant` must be 'kl' or 'original', got {variant!r}")
 
@@ -49,14 +51,14 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
 
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_checkpoint: str | Path,
-        out_checkpoint: str | Path, model: dict, train: dict, augment: dict, cfg: dict, data: dict,
+        out_checkpoint: str | Path, model: dict, train: dict, augment: dict, cfg: dict, data: dict, runtime: dict,
         threads: int = 1) -> None:
     """Distil the frozen teacher into a student (fresh, or a copy of the teacher); writes the final-iteration checkpoint."""
     from bismap.engine import checkpoint, trainer
 
-    device = common.setup(threads, data)
-    seed = int(common.require(train, "seed", "train"))
-    use_stm = bool(common.require(cfg, "use_stm", SECTION))
+    device = setup_device(threads, runtime)
+    seed = int(train["seed"])
+    use_stm = bool(cfg["use_stm"])
     if use_stm and stm_maps is None:
         raise InputError(f"{SECTION}: `use_stm` is true but no STM maps file was given")
     stm = stm_maps if use_stm else None
@@ -66,30 +68,31 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_chec
     for p in teacher.parameters():
         p.requires_grad_(False)
 
-    src_view = common.build_view(source, augment, data, seed=common.derive_seed(seed, "source-view"),
+    src_view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"),
                                  weight_maps=stm)
-    tgt_view = common.build_view(target, augment, data, seed=common.derive_seed(seed, "target-view"))
+    tgt_view = build_view(target, augment, data, seed=derive_seed(seed, "target-view"))
     streams = {
-        "source": common.build_stream(src_view, train, data, seed=common.derive_seed(seed, "source-stream")),
-        "target": common.build_stream(tgt_view, train, data, seed=common.derive_seed(seed, "target-stream")),
+        "source": build_stream(src_view, train, runtime, seed=derive_seed(seed, "source-stream")),
+        "target": build_stream(tgt_view, train, runtime, seed=derive_seed(seed, "target-stream")),
     }
-    init = str(cfg.get("init", "fresh"))
+    init = str(cfg["init"])
     if init not in ("fresh", "teacher"):
         raise InputError(f"config: `{SECTION}.init` must be 'fresh' or 'teacher', got {init!r}")
-    if init == "teacher" and (cfg.get("student_weights") or cfg.get("student_backbone")):
+    if init == "teacher" and (cfg["student_weights"] or cfg["student_backbone"]):
         raise InputError(f"config: `{SECTION}.init: teacher` copies the teacher, so `student_weights` and "
                          "`student_backbone` must be null (use `init: fresh` for a SimCLR student)")
     student_cfg = student_model_config(model, cfg)
-    net = common.build_seeded_model(student_cfg, seed)
+    net = build_seeded_model(student_cfg, seed)
     if init == "teacher":
-        common.init_from_checkpoint(net, teacher_checkpoint, stage=SECTION)
-    fp = common.fingerprint(stage="distillation", source=common.spec_signature(source),
-                            target=common.spec_signature(target), stm=common.path_signature(stm),
-                            teacher=common.path_signature(teacher_checkpoint), model=student_cfg,
-                            train=common.train_for_fingerprint(train), augment=augment,
-                            cfg={k: v for k, v in cfg.items() if k != "rounds"},  # the round count: not this result
-                            data=common.data_for_fingerprint(data))
+        init_from_checkpoint(net, teacher_checkpoint, stage=SECTION)
+    fp = fingerprint(stage="distillation", source=spec_signature(source),
+                            target=spec_signature(target), stm=path_signature(stm),
+                            teacher=path_signature(teacher_checkpoint), model=student_cfg,
+                            train=train, augment=augment,
+                            cfg=cfg,
+                            data=data)
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg, teacher), streams=streams,
                 train_cfg=train, out_checkpoint=Path(out_checkpoint), fingerprint=fp,
+                log_every=runtime["log_every"], checkpoint_every=runtime["checkpoint_every"],
                 ema_decay=None, device=device,
-                model_config=student_cfg, extra_state={"data": common.normalisation(data)})
+                model_config=student_cfg, extra_state={"data": normalisation(data)})

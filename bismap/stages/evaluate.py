@@ -14,19 +14,19 @@ import torch
 
 from bismap.evaluation.confusion import ConfusionMatrix
 from bismap.io import InputError
-from bismap.stages import common
+from bismap.engine.inference import predict_label_maps
+from bismap.engine.stage_setup import setup_device
 
-SECTION = "evaluation"
 
-
-def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device) -> tuple[ConfusionMatrix, int]:
+def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device,
+                 workers: int) -> tuple[ConfusionMatrix, int]:
     """Accumulate the confusion matrix of `model` over a labelled dataset; returns (ConfusionMatrix, images)."""
     conf = ConfusionMatrix()
     n = len(dataset)
     every = max(n // 10, 1)
     for k, (name, file, pred, label) in enumerate(
-            common.predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
-                                      device=device, workers=int(data.get("workers", 0)))):
+            predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
+                                      device=device, workers=workers)):
         if label is None:
             raise InputError(f"{file}: evaluation image has no ground truth")
         conf.update(pred, label)
@@ -36,16 +36,16 @@ def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device) -> t
 
 
 def run(*, checkpoint: str | Path, target: dict, out_json: str | Path, out_confusion_csv: str | Path, cfg: dict,
-        data: dict, threads: int = 1) -> None:
+        data: dict, runtime: dict, threads: int = 1) -> None:
     """Write the metrics JSON and the confusion CSV of `checkpoint` on the labelled `target` split."""
     from bismap.data import open_dataset
     from bismap.engine.checkpoint import load_model
     from bismap.evaluation.metrics import write_metrics
 
-    device = common.setup(threads, data)
-    scales = [float(s) for s in common.require(cfg, "scales", SECTION)]
-    flip = bool(common.require(cfg, "flip", SECTION))
-    protocol = str(common.require(cfg, "protocol", SECTION))
+    device = setup_device(threads, runtime)
+    scales = [float(s) for s in cfg["scales"]]
+    flip = bool(cfg["flip"])
+    protocol = str(cfg["protocol"])
     dataset = open_dataset(target)
     if not dataset.has_labels:
         raise InputError(f"{target.get('root')}: the evaluation split needs ground truth (labels: none given)")
@@ -53,7 +53,8 @@ def run(*, checkpoint: str | Path, target: dict, out_json: str | Path, out_confu
         raise InputError(f"{target.get('root')}: no evaluation images")
     model = load_model(str(checkpoint), device=device, which="model")
     with torch.no_grad():
-        conf, n = confusion_of(model, dataset, scales=scales, flip=flip, data=data, device=device)
+        conf, n = confusion_of(model, dataset, scales=scales, flip=flip, data=data, device=device,
+                               workers=int(runtime["workers"]))
     metrics = write_metrics(conf.matrix, out_json, out_confusion_csv, protocol=protocol,
                             extra={"checkpoint": str(checkpoint), "images": n, "scales": scales, "flip": flip,
                                    "split": target.get("split")})

@@ -12,10 +12,9 @@ import numpy as np
 import torch
 
 from bismap.io import InputError, save_torch
-from bismap.prototypes import DiagonalGMM
-from bismap.stages.source_features import NUM_CLASSES, check_file
-
-FORMAT = "bismap-gmm/1"
+from bismap.prototypes import PROTOTYPES_FORMAT, DiagonalGMM
+from bismap.data.labels import NUM_CLASSES
+from bismap.engine.stage_setup import check_file
 
 
 def _open_bank(path: str | os.PathLike):
@@ -43,21 +42,6 @@ def components_for(n_rows: int, k: int) -> int:
     if n_rows <= 0:
         return 0
     return max(1, min(int(k), n_rows // 2))
-
-
-def load_prototypes(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[int, DiagonalGMM], dict]:
-    """Read a prototypes file written by run(): ({class: fitted GMM}, the raw dict)."""
-    check_file(path, "prototypes file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable prototypes file ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise InputError(f"{path}: not a {FORMAT} prototypes file")
-    gmms = {int(c): DiagonalGMM(device=device).load_state_dict(s) for c, s in obj["classes"].items()}
-    if not gmms:
-        raise InputError(f"{path}: prototypes file holds no class GMM")
-    return gmms, obj
 
 
 def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
@@ -102,5 +86,5 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
         raise InputError(f"{features_h5}: every class bank is empty; no prototypes can be fitted")
     if skipped:
         print(f"fit_prototypes: classes without prototypes: {skipped}", flush=True)
-    save_torch(out_path, {"format": FORMAT, "classes": classes, "feature_dim": int(dim), "skipped": skipped,
+    save_torch(out_path, {"format": PROTOTYPES_FORMAT, "classes": classes, "feature_dim": int(dim), "skipped": skipped,
                           "components": components, "config": dict(cfg)})

@@ -10,9 +10,10 @@ import os
 
 import numpy as np
 import torch
+from bismap.engine.inference import to_input
+from bismap.engine.labelling import DEFAULT_CONFIDENCE, Predictor, label_target, prepare_model, selection_settings
+from bismap.engine.stage_setup import mean_std, open_spec, setup_device
 
-from bismap.stages.pseudo_labels import DEFAULT_CONFIDENCE, Predictor, label_target, prepare_model, selection_settings
-from bismap.stages.source_features import mean_std, open_spec, setup_device, to_input
 
 
 def softmax_predictor(model, *, mean, std, device, flip: bool) -> Predictor:
@@ -29,15 +30,15 @@ def softmax_predictor(model, *, mean, std, device, flip: bool) -> Predictor:
 
 
 def run(*, checkpoint: str | os.PathLike, target: dict, target_gt: dict | None, out_dir: str | os.PathLike,
-        out_quality: str | os.PathLike, cfg: dict, data: dict, threads: int = 1) -> None:
+        out_quality: str | os.PathLike, cfg: dict, data: dict, runtime: dict, threads: int = 1) -> None:
     """Write `<out_dir>/<image file name>` confidence-thresholded labels and the quality json."""
-    device = setup_device(threads, data, cfg)
-    mean, std = mean_std(data, "naive_labels")
+    device = setup_device(threads, runtime)
+    mean, std = mean_std(data)
     ds = open_spec(target, "target")
     gt_ds = None if target_gt is None else open_spec(target_gt, "target_gt")
     model = prepare_model(checkpoint, ds, cfg, data, device, "naive_labels")
     mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "confidence", DEFAULT_CONFIDENCE)
-    predict = softmax_predictor(model, mean=mean, std=std, device=device, flip=bool(cfg.get("flip", False)))
+    predict = softmax_predictor(model, mean=mean, std=std, device=device, flip=bool(cfg["flip"]))
     print(f"naive_labels: {len(ds)} target images, selection {mode}", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,
                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,

@@ -19,7 +19,9 @@ from typing import Iterator
 import torch
 
 from bismap.io import InputError
-from bismap.stages import common
+from bismap.engine.fingerprint import fingerprint, path_signature, spec_signature
+from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, init_from_checkpoint, normalisation, setup_device
+from bismap.engine.steps import source_and_target_losses
 
 
 @contextlib.contextmanager
@@ -41,23 +43,23 @@ def consistency_weight(cfg: dict, iteration: int) -> float:
     """weight * sigmoid_rampup(iteration, rampup): the mean-teacher weight at this iteration."""
     from bismap.losses import sigmoid_rampup
 
-    cons = common.require(cfg, "consistency", "self_training")
-    weight = float(common.require(cons, "weight", "self_training.consistency"))
+    cons = cfg["consistency"]
+    weight = float(cons["weight"])
     if weight == 0.0:
         return 0.0
-    return weight * float(sigmoid_rampup(iteration, int(common.require(cons, "rampup", "self_training.consistency"))))
+    return weight * float(sigmoid_rampup(iteration, int(cons["rampup"])))
 
 
 def consistency_enabled(cfg: dict) -> bool:
-    cons = common.require(cfg, "consistency", "self_training")
-    return float(common.require(cons, "weight", "self_training.consistency")) > 0.0
+    cons = cfg["consistency"]
+    return float(cons["weight"]) > 0.0
 
 
 def make_loss_fn(cfg: dict):
     """The per-iteration loss (a closure over the `self_training` slice) for trainer.fit."""
     from bismap.losses import consistency_kl
 
-    supervised = common.source_and_target_losses(cfg, "self_training")
+    supervised = source_and_target_losses(cfg, "self_training")
     use_consistency = consistency_enabled(cfg)
 
     def loss_fn(ctx):
@@ -76,43 +78,44 @@ def make_loss_fn(cfg: dict):
 
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoint: str | Path, model: dict,
-        train: dict, augment: dict, cfg: dict, data: dict, threads: int = 1,
+        train: dict, augment: dict, cfg: dict, data: dict, runtime: dict, threads: int = 1,
         init_checkpoint: str | Path | None = None) -> None:
     """Self-train `model` (fresh, or the warm-up checkpoint when `init: warmup`) on source + target
     pseudo labels; writes the final checkpoint."""
     from bismap.engine import trainer
 
-    device = common.setup(threads, data)
-    seed = int(common.require(train, "seed", "train"))
-    use_stm = bool(common.require(cfg, "use_stm", "self_training"))
-    cons = common.require(cfg, "consistency", "self_training")
+    device = setup_device(threads, runtime)
+    seed = int(train["seed"])
+    use_stm = bool(cfg["use_stm"])
+    cons = cfg["consistency"]
     use_consistency = consistency_enabled(cfg)
     if use_stm and stm_maps is None:
         raise InputError("self_training: `use_stm` is true but no STM maps file was given")
     stm = stm_maps if use_stm else None
 
-    src_view = common.build_view(source, augment, data, seed=common.derive_seed(seed, "source-view"),
+    src_view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"),
                                  weight_maps=stm)
-    tgt_view = common.build_view(target, augment, data, seed=common.derive_seed(seed, "target-view"),
-                                 strong=common.require(cfg, "strong", "self_training") if use_consistency else None)
+    tgt_view = build_view(target, augment, data, seed=derive_seed(seed, "target-view"),
+                                 strong=cfg["strong"] if use_consistency else None)
     streams = {
-        "source": common.build_stream(src_view, train, data, seed=common.derive_seed(seed, "source-stream")),
-        "target": common.build_stream(tgt_view, train, data, seed=common.derive_seed(seed, "target-stream")),
+        "source": build_stream(src_view, train, runtime, seed=derive_seed(seed, "source-stream")),
+        "target": build_stream(tgt_view, train, runtime, seed=derive_seed(seed, "target-stream")),
     }
-    init = str(cfg.get("init", "fresh"))
+    init = str(cfg["init"])
     if init not in ("fresh", "warmup"):
         raise InputError(f"config: `self_training.init` must be 'fresh' or 'warmup', got {init!r}")
     if init == "warmup" and init_checkpoint is None:
         raise InputError("self_training: `init` is 'warmup' but no warm-up checkpoint was given")
     init_ckpt = init_checkpoint if init == "warmup" else None
-    net = common.build_seeded_model(model, seed)
+    net = build_seeded_model(model, seed)
     if init_ckpt is not None:
-        common.init_from_checkpoint(net, init_ckpt, stage="self_training")
-    fp = common.fingerprint(stage="self_training", init=common.path_signature(init_ckpt), source=common.spec_signature(source),
-                            target=common.spec_signature(target), stm=common.path_signature(stm), model=model,
-                            train=common.train_for_fingerprint(train), augment=augment, cfg=cfg,
-                            data=common.data_for_fingerprint(data))
-    ema_decay = float(common.require(cons, "ema_decay", "self_training.consistency")) if use_consistency else None
+        init_from_checkpoint(net, init_ckpt, stage="self_training")
+    fp = fingerprint(stage="self_training", init=path_signature(init_ckpt), source=spec_signature(source),
+                            target=spec_signature(target), stm=path_signature(stm), model=model,
+                            train=train, augment=augment, cfg=cfg,
+                            data=data)
+    ema_decay = float(cons["ema_decay"]) if use_consistency else None
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg), streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=ema_decay, device=device,
-                model_config=model, extra_state={"data": common.normalisation(data)})
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=runtime["log_every"],
+                checkpoint_every=runtime["checkpoint_every"], ema_decay=ema_decay, device=device,
+                model_config=model, extra_state={"data": normalisation(data)})

@@ -11,92 +11,19 @@ Also home of the small inference helpers the other D stages share (batching, for
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.engine.inference import forward, iter_batches, to_input
+from bismap.engine.stage_setup import load_warmup, mean_std, open_spec, setup_device
 from bismap.io import InputError, atomic_path
-
-NUM_CLASSES = 19
-IGNORE = 255
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def check_file(path: str | os.PathLike, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: {what} not found")
-    return p
-
-
-def open_spec(spec: dict, name: str, **override) -> torch.utils.data.Dataset:
-    """open_dataset(spec) with overrides; an empty dataset is an input error naming its root."""
-    from bismap.data import open_dataset
-
-    if not isinstance(spec, dict):
-        raise InputError(f"{name}: dataset spec must be a mapping, got {type(spec).__name__}")
-    ds = open_dataset({**spec, **override})
-    if len(ds) == 0:
-        raise InputError(f"{spec.get('root')}: {name} dataset has no images")
-    return ds
-
-
-def iter_batches(dataset, batch_size: int, max_images: int | None = None) -> Iterator[list[dict]]:
-    """Items in dataset (sorted-name) order, grouped into batches of equal image size."""
-    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
-    batch: list[dict] = []
-    for i in range(n):
-        item = dataset[i]
-        if batch and (len(batch) >= batch_size or batch[0]["image"].shape != item["image"].shape):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
-
-
-def to_input(items: Sequence[dict], mean: Sequence[float], std: Sequence[float], device: torch.device) -> torch.Tensor:
-    """uint8 HxWx3 images -> normalised float [B,3,H,W] (mean/std in [0,1] units, as the training views)."""
-    x = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).to(device)
-
-
-@torch.no_grad()
-def forward(model: torch.nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(feature, logits) at stride 4, optionally averaged with the horizontally flipped image's."""
-    feat, logits = model(x)
-    if flip:
-        f2, l2 = model(torch.flip(x, dims=[3]))
-        feat = (feat + torch.flip(f2, dims=[3])) / 2
-        logits = (logits + torch.flip(l2, dims=[3])) / 2
-    return feat.float(), logits.float()
-
-
-def mean_std(data: dict | None, where: str) -> tuple[list[float], list[float]]:
-    if not data or "mean" not in data or "std" not in data:
-        raise InputError(f"config: `data.mean`/`data.std` are needed by {where}")
-    return list(data["mean"]), list(data["std"])
-
-
-def setup_device(threads: int, data: dict | None, cfg: dict | None = None) -> torch.device:
-    """Threads from Snakemake; device from `<stage>.device`, else `data.device` ("auto" = GPU when present)."""
-    from bismap.engine.device import resolve_device, set_threads
-
-    set_threads(threads)
-    name = (cfg or {}).get("device") or (data or {}).get("device", "auto")
-    return resolve_device(str(name))
-
-
-def load_warmup(checkpoint: str | os.PathLike, device: torch.device) -> torch.nn.Module:
-    from bismap.engine.checkpoint import load_model
-
-    check_file(checkpoint, "checkpoint")
-    return load_model(checkpoint, device=device).eval()
 
 
 # ----------------------------------------------------------------------------- sampling core
@@ -159,20 +86,20 @@ def select_pixels(feat: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
 
 # ----------------------------------------------------------------------------- stage
 def run(*, checkpoint: str | os.PathLike, source: dict, out_h5: str | os.PathLike, cfg: dict, data: dict,
-        threads: int = 1) -> None:
+        runtime: dict, threads: int = 1) -> None:
     """Write `class_<c>` float32 [N_c, D] (all 19, maybe empty) to out_h5 (chunked, gzip, atomic)."""
     import h5py
 
-    device = setup_device(threads, data, cfg)
-    mean, std = mean_std(data, "source_features")
-    fractions = list(cfg.get("class_fractions", [1.0] * NUM_CLASSES))
+    device = setup_device(threads, runtime)
+    mean, std = mean_std(data)
+    fractions = list(cfg["class_fractions"])
     if len(fractions) != NUM_CLASSES:
         raise InputError(f"config: `source_features.class_fractions` needs {NUM_CLASSES} values, got {len(fractions)}")
-    cap = int(cfg.get("max_per_class", 1_000_000))
-    seed = int(cfg.get("seed", 1))
-    batch_size = int(cfg.get("batch_size", 4))
-    flip = bool(cfg.get("flip", False))
-    max_images = cfg.get("max_images")
+    cap = int(cfg["max_per_class"])
+    seed = int(cfg["seed"])
+    batch_size = int(cfg["batch_size"])
+    flip = bool(cfg["flip"])
+    max_images = cfg["max_images"]
     model = load_warmup(checkpoint, device)
     ds = open_spec(source, "source")
     if not getattr(ds, "has_labels", True):

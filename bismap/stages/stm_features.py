@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from bismap.io import InputError, atomic_path
-from bismap.stages.source_features import check_file, iter_batches, load_warmup, open_spec, setup_device, to_input
+from bismap.engine.inference import iter_batches, to_input
+from bismap.engine.stage_setup import check_file, load_warmup, open_spec, setup_device
 
 
 def pool_grid(feat: torch.Tensor, grid: list[int] | None, pool: list[int] | None) -> tuple[torch.Tensor, list[int]]:
@@ -34,28 +35,26 @@ def pool_grid(feat: torch.Tensor, grid: list[int] | None, pool: list[int] | None
     return g.reshape(b, c, -1).permute(0, 2, 1).contiguous(), [gh, gw]
 
 
-def build_extractor(cfg: dict, checkpoint, data: dict | None, device: torch.device
+def build_extractor(cfg: dict, checkpoint, data: dict, device: torch.device
                     ) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[float], list[float], str]:
     """(function images->feature map, mean, std, description) for the configured extractor."""
-    kind = str(cfg.get("extractor", "warmup"))
+    kind = str(cfg["extractor"])
     if kind == "simclr":
         from bismap.models import load_pretrained
         from bismap.models.simclr import SimCLRResNet
 
-        weights = cfg.get("weights")
+        weights = cfg["weights"]
         if not weights:
             raise InputError("config: `stm.weights` must name the SimCLRv2 file when stm.extractor is simclr")
         check_file(weights, "SimCLRv2 weights file")
-        net = SimCLRResNet(int(cfg.get("depth", 152)), int(cfg.get("width_multiplier", 1)),
-                           float(cfg.get("sk_ratio", 0.0625)))
-        load_pretrained(net, weights, key=cfg.get("weights_key", "resnet"))
+        net = SimCLRResNet(int(cfg["depth"]), int(cfg["width_multiplier"]),
+                           float(cfg["sk_ratio"]))
+        load_pretrained(net, weights, key=cfg["weights_key"])
         net = net.to(device).eval()
-        return net, list(cfg.get("mean", [0.0, 0.0, 0.0])), list(cfg.get("std", [1.0, 1.0, 1.0])), f"simclr:{weights}"
+        return net, list(cfg["mean"]), list(cfg["std"]), f"simclr:{weights}"
     if kind == "warmup":
         if checkpoint is None:
             raise InputError("stm_features: extractor warmup needs the warm-up checkpoint")
-        if not data or "mean" not in data or "std" not in data:
-            raise InputError("config: `data.mean`/`data.std` are needed by stm_features with the warmup extractor")
         model = load_warmup(checkpoint, device)
         return (lambda x: model.backbone(x)[1]), list(data["mean"]), list(data["std"]), f"warmup:{checkpoint}"
     raise InputError(f"config: stm.extractor must be 'warmup' or 'simclr', got {kind!r}")
@@ -63,16 +62,16 @@ def build_extractor(cfg: dict, checkpoint, data: dict | None, device: torch.devi
 
 @torch.no_grad()
 def run(*, source: dict, target: dict, out_h5: str | os.PathLike, cfg: dict, checkpoint: str | os.PathLike | None = None,
-        data: dict | None = None, threads: int = 1) -> None:
+        data: dict, runtime: dict, threads: int = 1) -> None:
     """Extract grid features of every source and target image into one HDF5 file (atomic)."""
     import h5py
 
-    device = setup_device(threads, data, cfg)
-    size = [int(s) for s in cfg.get("image_size", [128, 256])]
-    grid = cfg.get("grid")
-    pool = cfg.get("pool", [1, 2])
+    device = setup_device(threads, runtime)
+    size = [int(s) for s in cfg["image_size"]]
+    grid = cfg["grid"]
+    pool = cfg["pool"]
     extract, mean, std, desc = build_extractor(cfg, checkpoint, data, device)
-    batch_size = int(cfg.get("batch_size", 8))
+    batch_size = int(cfg["batch_size"])
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as f:
         shape = None
         for part, spec in (("source", source), ("target", target)):

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bismap.io import InputError, atomic_path
-from bismap.stages.source_features import IGNORE, NUM_CLASSES, open_spec
+from bismap.data.labels import CLASS_NAMES, IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.engine.stage_setup import open_spec
+from bismap.io import InputError, atomic_path, read_json
+from bismap.stm_files import load_centroids, open_grid_features
 
 
 def transferability(d: torch.Tensor, m: float) -> torch.Tensor:
@@ -54,16 +56,25 @@ def compose_map(w_grid: torch.Tensor, label: np.ndarray, bonus: np.ndarray | Non
     return np.round(np.clip(up, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def read_normalised(path: str | os.PathLike) -> np.ndarray:
+    """The normalised entropy per trainId (float [19]) from a class-entropy json."""
+    obj = read_json(path)
+    names = CLASS_NAMES
+    try:
+        norm = obj["normalised"]
+        return np.array([float(norm.get(n) or 0.0) for n in names], dtype=np.float64)
+    except (TypeError, KeyError, AttributeError, ValueError):
+        raise InputError(f"{path}: not a class-entropy json (needs a 'normalised' mapping)") from None
+
+
 def run(*, features_h5: str | os.PathLike, prototypes: str | os.PathLike, class_entropy_json: str | os.PathLike | None,
         source: dict, out_h5: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
     """Write `maps/<name>` uint8 [H,W] (source label size) for every source image, atomically."""
     from bismap.engine.device import set_threads
-    from bismap.stages.class_entropy import read_normalised
-    from bismap.stages.stm_prototypes import load_centroids, open_grid_features
 
     set_threads(threads)
-    momentum = float(cfg.get("momentum", 0.99))
-    use_bonus = bool(cfg.get("entropy_bonus", True))
+    momentum = float(cfg["momentum"])
+    use_bonus = bool(cfg["entropy_bonus"])
     bonus = None
     if use_bonus:
         if class_entropy_json is None:

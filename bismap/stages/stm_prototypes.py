@@ -12,65 +12,30 @@ import torch
 
 from bismap.io import InputError, save_torch
 from bismap.prototypes import kmeans
-from bismap.stages.source_features import check_file
-
-FORMAT = "bismap-kmeans/1"
+from bismap.stm_files import CENTROIDS_FORMAT, open_grid_features
 
 
-def open_grid_features(path: str | os.PathLike, part: str):
-    """(open h5py File, `part` dataset [N,G,C], names) of an stm_features file; InputError naming it otherwise.
-
-    The dataset is read lazily (the GTA5 source grid is several GB); the caller closes the file.
-    """
-    import h5py
-
-    check_file(path, "STM feature file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise InputError(f"{path}: not an HDF5 file") from None
-    if part not in f or f"{part}_names" not in f:
-        f.close()
-        raise InputError(f"{path}: no `{part}` / `{part}_names` datasets (not an stm_features file?)")
-    x = f[part]
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[f"{part}_names"][()]]
-    if x.ndim != 3 or x.shape[0] != len(names):
-        f.close()
-        raise InputError(f"{path}: `{part}` must be [N, G, C] with one row per name")
-    return f, x, names
-
-
-def load_centroids(path: str | os.PathLike) -> torch.Tensor:
-    check_file(path, "STM prototypes file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable prototypes file ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise InputError(f"{path}: not a {FORMAT} file")
-    return obj["centroids"].double()
-
-
-def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
+def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, runtime: dict,
+        threads: int = 1) -> None:
     """Save {"format": "bismap-kmeans/1", "centroids": [k, C] float64, "k", "seed", "cost", "samples"}."""
     from bismap.engine.device import resolve_device, set_threads
 
     set_threads(threads)
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = resolve_device(str(runtime["device"]))
     f, ds, _ = open_grid_features(features_h5, "target")
     with f:
         x = ds[()]
     x = torch.from_numpy(x.reshape(-1, x.shape[-1]).astype(np.float32))
-    k, seed = int(cfg.get("k", 40)), int(cfg.get("kmeans_seed", 5))
-    max_samples = int(cfg.get("max_samples", 1_000_000))
+    k, seed = int(cfg["k"]), int(cfg["kmeans_seed"])
+    max_samples = int(cfg["max_samples"])
     if x.shape[0] > max_samples:
         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values]
     if x.shape[0] < k:
         raise InputError(f"{features_h5}: {x.shape[0]} target grid vectors < stm.k={k}")
     print(f"stm_prototypes: k-means k={k} on {x.shape[0]} target vectors of dim {x.shape[1]}", flush=True)
-    c, cost = kmeans(x, k, seed=seed, n_init=int(cfg.get("kmeans_n_init", 1)),
-                     max_iter=int(cfg.get("kmeans_max_iter", 300)), tol=float(cfg.get("kmeans_tol", 1e-4)),
+    c, cost = kmeans(x, k, seed=seed, n_init=int(cfg["kmeans_n_init"]),
+                     max_iter=int(cfg["kmeans_max_iter"]), tol=float(cfg["kmeans_tol"]),
                      device=device)
     print(f"stm_prototypes: cost {cost:.4g}", flush=True)
-    save_torch(out_path, {"format": FORMAT, "centroids": c, "k": k, "seed": seed, "cost": cost,
+    save_torch(out_path, {"format": CENTROIDS_FORMAT, "centroids": c, "k": k, "seed": seed, "cost": cost,
                           "samples": int(x.shape[0])})

@@ -43,7 +43,7 @@ def fda_float(source: np.ndarray, target: np.ndarray, beta: float) -> np.ndarray
 
 def fda(source: np.ndarray, target: np.ndarray, beta: float) -> np.ndarray:
     """uint8 FDA result (target resized to the source size first, then clipped to [0, 255])."""
-    from bismap.data.readers import resize_image
+    from bismap.data.image_io import resize_image
 
     if target.shape[:2] != source.shape[:2]:
         target = resize_image(target, source.shape[:2])

@@ -5,15 +5,15 @@ import os
 from typing import Any
 
 
-def run(*, source_dir: str | os.PathLike, target_dir: str | os.PathLike, cfg: dict[str, Any],
+def run(*, source_dir: str | os.PathLike, target_dir: str | os.PathLike, cfg: dict[str, Any], runtime: dict,
         threads: int = 1) -> None:
-    """cfg = the `synthetic` config slice (see bismap.data.synthetic); `workers` there sets the processes.
+    """cfg = the `synthetic` config slice (see bismap.data.synthetic); `runtime.synthetic_workers`
+    sets the processes (the images do not depend on it).
 
     `threads` (Snakemake's) caps the worker count so the rule never uses more cores than it declared.
     """
     from bismap.data.synthetic import write_benchmark
 
-    cfg = dict(cfg or {})
-    if threads and int(cfg.get("workers", 1)) > int(threads):
-        cfg["workers"] = int(threads)
+    workers = int(runtime["synthetic_workers"])
+    cfg = {**cfg, "workers": min(workers, int(threads)) if threads else workers}
     write_benchmark(str(source_dir), str(target_dir), cfg)

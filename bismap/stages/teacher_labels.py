@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bismap.io import InputError, atomic_dir, write_json
-from bismap.stages import common
+from bismap.engine.inference import predict_label_maps
+from bismap.engine.labelling import thread_record
+from bismap.engine.stage_setup import setup_device
 
 SECTION = "teacher_labels"
 
@@ -20,27 +22,27 @@ def adapt_if_enabled(model, dataset, cfg: dict, data: dict, device, section: str
     """AdaBN on `dataset` when `cfg.adabn.enabled`; returns the number of images used (0 = off)."""
     from bismap.engine.inference import adapt_batchnorm
 
-    adabn = cfg.get("adabn") or {}
-    if not bool(adabn.get("enabled", False)):
+    adabn = cfg["adabn"]
+    if not bool(adabn["enabled"]):
         return 0
-    used = adapt_batchnorm(model, dataset, max_images=int(common.require(adabn, "max_images", f"{section}.adabn")),
-                           batch_size=int(common.require(adabn, "batch_size", f"{section}.adabn")),
+    used = adapt_batchnorm(model, dataset, max_images=int(adabn["max_images"]),
+                           batch_size=int(adabn["batch_size"]),
                            mean=data["mean"], std=data["std"], device=device)
     print(f"AdaBN: batch-norm statistics re-estimated on {used} target images", flush=True)
     return used
 
 
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
-        out_quality: str | Path, cfg: dict, data: dict, threads: int = 1) -> None:
+        out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1) -> None:
     """Write the teacher's hard labels for every `target` image, and their quality JSON."""
     from bismap.data import open_dataset
     from bismap.data.labels import save_label_png
     from bismap.engine.checkpoint import load_model
     from bismap.evaluation.quality import label_quality
 
-    device = common.setup(threads, data)
-    scales = [float(s) for s in common.require(cfg, "scales", SECTION)]
-    flip = bool(common.require(cfg, "flip", SECTION))
+    device = setup_device(threads, runtime)
+    scales = [float(s) for s in cfg["scales"]]
+    flip = bool(cfg["flip"])
     model = load_model(str(checkpoint), device=device, which="model")
     dataset = open_dataset(target)
     if len(dataset) == 0:
@@ -54,8 +56,8 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
 
     def labelled(tmp: Path):
         for k, (name, file, pred, _) in enumerate(
-                common.predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"],
-                                          std=data["std"], device=device, workers=int(data.get("workers", 0)))):
+                predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"],
+                                          std=data["std"], device=device, workers=int(runtime["workers"]))):
             save_label_png(tmp / file, pred)
             truth = None
             if gt is not None:
@@ -72,5 +74,5 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(labelled(tmp))
     quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip,
-                    "adabn": bool((cfg.get("adabn") or {}).get("enabled", False))})
+                    "adabn": bool(cfg["adabn"]["enabled"]), **thread_record()})
     write_json(out_quality, quality)

@@ -8,21 +8,22 @@ the original ships no warm-up config, so this is the simplest faithful choice.
 from __future__ import annotations
 
 from pathlib import Path
+from bismap.engine.fingerprint import fingerprint, spec_signature
+from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, normalisation, setup_device
 
-from bismap.stages import common
 
 
-def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict,
+def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict, runtime: dict,
         threads: int = 1) -> None:
     """Train `model` on the labelled `source` spec and write the final-iteration checkpoint."""
     from bismap.engine import trainer
     from bismap.losses import weighted_cross_entropy
 
-    device = common.setup(threads, data)
-    seed = int(common.require(train, "seed", "train"))
-    view = common.build_view(source, augment, data, seed=common.derive_seed(seed, "source-view"))
-    streams = {"source": common.build_stream(view, train, data, seed=common.derive_seed(seed, "source-stream"))}
-    net = common.build_seeded_model(model, seed)
+    device = setup_device(threads, runtime)
+    seed = int(train["seed"])
+    view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"))
+    streams = {"source": build_stream(view, train, runtime, seed=derive_seed(seed, "source-stream"))}
+    net = build_seeded_model(model, seed)
 
     def loss_fn(ctx):
         batch = ctx.batches["source"]
@@ -30,9 +31,10 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, a
             _, logits = ctx.model(batch["image"])
         return {"ce": weighted_cross_entropy(logits.float(), batch["label"])}
 
-    fp = common.fingerprint(stage="warmup", source=common.spec_signature(source), model=model,
-                            train=common.train_for_fingerprint(train), augment=augment,
-                            data=common.data_for_fingerprint(data))
+    fp = fingerprint(stage="warmup", source=spec_signature(source), model=model,
+                            train=train, augment=augment,
+                            data=data)
     trainer.fit(model=net, loss_fn=loss_fn, streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, ema_decay=None, device=device,
-                model_config=model, extra_state={"data": common.normalisation(data)})
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=runtime["log_every"],
+                checkpoint_every=runtime["checkpoint_every"], ema_decay=None, device=device,
+                model_config=model, extra_state={"data": normalisation(data)})

@@ -1,7 +1,8 @@
 """`bismap` command line: one subcommand per user-facing tool.
 
-Subcommands live in their own modules (`cli_<name>.py`) exposing `add_parser(subparsers)`;
-this file only dispatches and turns input errors into one-line messages.
+Subcommands live in their own modules (`cli/<name>.py`) exposing `add_parser(subparsers)`;
+this file only dispatches and turns input errors and OS errors (disk full, permissions) into
+one-line messages.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from bismap.io import InputError
+from bismap.io import InputError, os_error_in, os_error_message
 
 SUBCOMMANDS = ("synth", "evaluate", "predict", "benchmark")
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bismap", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"bismap.cli_{name}").add_parser(sub)
+        importlib.import_module(f"bismap.cli.{name}").add_parser(sub)
     return parser
 
 
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"bismap {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # disk full, permission denied, read-only fs, I/O error: one line, no traceback
+        os_err = os_error_in(e)
+        if os_err is None:
+            raise
+        print(f"bismap {args.command}: error: {os_error_message(os_err)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,8 @@ checkpoint (training stages store it) unless --mean/--std are given.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (0..1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPU affinity)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="skip images that cannot be read (listed in a summary at the end) instead of stopping "
+                        "at the first one (default: stop)")
     p.set_defaults(func=main)
     return p
 
@@ -82,17 +87,17 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float) -> np.ndarray:
 
 def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Path, scales=(1.0,), flip: bool = False,
                    which: str = "model", mean=None, std=None, alpha: float = 0.5, device: str = "auto",
-                   threads: int | None = None, labelids: bool = False) -> int:
-    """Label every image under `images`; returns the number of images written."""
-    from PIL import Image
+                   threads: int | None = None, labelids: bool = False, skip_unreadable: bool = False) -> int:
+    """Label every image under `images`; returns the number of images written.
 
-    from bismap.data.labels import save_label_png
-    from bismap.data.readers import read_rgb
+    An unreadable image stops the run (InputError naming it) unless `skip_unreadable`, which skips it and
+    lists every skipped file at the end. On any failure, folders this call created and left empty are
+    removed (completed label files stay: each is written atomically)."""
+    from bismap.data.image_io import read_rgb
     from bismap.engine.checkpoint import load_model
     from bismap.engine.device import resolve_device, set_threads
-    from bismap.evaluation.export import export_labelids, labelids_file_name
-    from bismap.io import atomic_path
-    from bismap.stages.common import predict_labels
+    from bismap.engine.inference import predict_labels
+    from bismap.evaluation.export import labelids_file_name
 
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"--alpha: must be in [0, 1], got {alpha}")
@@ -105,27 +110,74 @@ def predict_folder(*, checkpoint: str | Path, images: str | Path, out: str | Pat
             labelids_file_name(path.name)
     set_threads(threads)
     dev = resolve_device(device)
+    mean, std = _normalisation(checkpoint, mean, std)
+    model = load_model(checkpoint, device=dev, which=which)
+    existing = {out, *(p for p in out.rglob("*") if p.is_dir())} if out.is_dir() else set()
+    skipped: list[str] = []
+    written = 0
+    try:
+        for k, path in enumerate(files):
+            rel = path.relative_to(images).with_suffix(".png")
+            try:
+                image = read_rgb(path)
+            except InputError as e:
+                if not skip_unreadable:
+                    raise InputError(f"{e} (use --skip-unreadable to skip such images)") from None
+                skipped.append(str(e))
+                print(f"predict: {k + 1}/{len(files)} skipped {path}", flush=True)
+                continue
+            label = predict_labels(model, image, mean=mean, std=std, scales=scales, flip=flip, device=dev)
+            _write_outputs(out, rel, image, label, alpha=alpha, labelids_name=labelids_file_name(path.name)
+                           if labelids else None)
+            written += 1
+            print(f"predict: {k + 1}/{len(files)} {rel}", flush=True)
+    except BaseException:
+        _remove_empty_dirs(out, existing)
+        raise
+    if skipped:
+        print(f"predict: skipped {len(skipped)} of {len(files)} unreadable image(s):", file=sys.stderr)
+        for line in skipped:
+            print(f"  {line}", file=sys.stderr)
+    return written
+
+
+def _normalisation(checkpoint: Path, mean, std) -> tuple:
+    """The mean/std given, else the ones the checkpoint was trained with, else ImageNet's."""
     if mean is None or std is None:
         stored = stored_normalisation(checkpoint)
         s_mean, s_std = stored if stored is not None else (IMAGENET_MEAN, IMAGENET_STD)
         mean = s_mean if mean is None else mean
         std = s_std if std is None else std
-    model = load_model(checkpoint, device=dev, which=which)
-    for k, path in enumerate(files):
-        rel = path.relative_to(images).with_suffix(".png")
-        image = read_rgb(path)
-        label = predict_labels(model, image, mean=mean, std=std, scales=scales, flip=flip, device=dev)
-        save_label_png(out / "labels" / rel, label)
-        target = out / "overlays" / rel
-        with atomic_path(target) as tmp:
-            Image.fromarray(overlay(image, label, alpha)).save(tmp, format="PNG")
-        if labelids:
-            export_labelids(label, out / "labelIds" / labelids_file_name(path.name), size=None)
-        print(f"predict: {k + 1}/{len(files)} {rel}", flush=True)
-    return len(files)
+    return mean, std
+
+
+def _write_outputs(out: Path, rel: Path, image, label, *, alpha: float, labelids_name: str | None) -> None:
+    """labels/<rel>, overlays/<rel> and, when asked, labelIds/<name>: each written atomically."""
+    from PIL import Image
+
+    from bismap.data.labels import save_label_png
+    from bismap.evaluation.export import export_labelids
+    from bismap.io import atomic_path
+
+    save_label_png(out / "labels" / rel, label)
+    with atomic_path(out / "overlays" / rel) as tmp:
+        Image.fromarray(overlay(image, label, alpha)).save(tmp, format="PNG")
+    if labelids_name is not None:
+        export_labelids(label, out / "labelIds" / labelids_name, size=None)
+
+
+def _remove_empty_dirs(out: Path, existing: set[Path]) -> None:
+    """Remove the empty folders this run created under `out` (and `out` itself), deepest first; folders
+    that existed before and anything holding files stay."""
+    if not out.is_dir():
+        return
+    mine = [p for p in [out, *out.rglob("*")] if p.is_dir() and p not in existing]
+    for d in sorted(mine, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def main(args: argparse.Namespace) -> None:
     predict_folder(checkpoint=args.checkpoint, images=args.images, out=args.out, scales=args.scales, flip=args.flip,
                    which=args.which, mean=args.mean, std=args.std, alpha=args.alpha, device=args.device,
-                   threads=args.threads, labelids=args.labelids)
+                   threads=args.threads, labelids=args.labelids, skip_unreadable=args.skip_unreadable)

@@ -1,4 +1,4 @@
-"""`bismap benchmark`: run the pipeline per (seed, ablation) and tabulate mean ± std mIoU (issue #7)."""
+"""`bismap benchmark`: run the pipeline per (seed, ablation) and tabulate mean ± std mIoU."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_cli(args: argparse.Namespace) -> int:
     import yaml
 
-    from bismap import benchmark
+    from bismap import sweep as benchmark
 
     spec = benchmark.load_spec(args.spec)
     if args.cores is not None:

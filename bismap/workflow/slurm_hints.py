@@ -6,7 +6,7 @@ WHY: without accounting (`slurm-status-command: squeue`) the SLURM executor only
 This scans the plugin's per-job logs (.snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log)
 for SLURM's own kill messages and prints one line per killed job naming `mem_mb` or `runtime`.
 
-Use it after a failed run (`python -m bismap.slurm_hints`), or from the
+Use it after a failed run (`python -m bismap.workflow.slurm_hints`), or from the
 Snakefile's `onerror:` handler. Standard library only; exit code 0 whether or not it finds any.
 """
 from __future__ import annotations

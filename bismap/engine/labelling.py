@@ -1,0 +1,146 @@
+"""Target label selection shared by the naive baseline and the GMM pseudo labels.
+
+A predictor maps a dataset item to (label, score) per pixel; pixels are rejected (255) by a
+global score threshold or per class below the class's percentile (a first pass pools a seeded
+sample of scores per class), then labels are saved and scored against ground truth.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from bismap.data.labels import IGNORE_INDEX as IGNORE
+from bismap.engine.stage_setup import load_warmup, mean_std
+from bismap.io import InputError, atomic_dir, write_json
+
+DEFAULT_CONFIDENCE = 0.9  # selection confidence with threshold null
+
+Predictor = Callable[[dict], tuple[np.ndarray, np.ndarray]]  # item -> (label uint8 [H,W], score float [H,W])
+
+
+
+def percentile_thresholds(scores: dict[int, list[np.ndarray]], percentile: float) -> dict[int, float]:
+    """Per class: the `percentile`-th percentile of its scores (pixels below it are rejected)."""
+    out = {}
+    for c, parts in scores.items():
+        v = np.concatenate(parts) if parts else np.empty(0)
+        if v.size:
+            out[c] = float(np.percentile(v, percentile))
+    return out
+
+
+def apply_selection(label: np.ndarray, score: np.ndarray, mode: str, threshold: float,
+                    class_thresholds: dict[int, float] | None) -> np.ndarray:
+    """Set rejected pixels to 255: global `score < threshold`, or per class `score < class_thresholds[c]`."""
+    out = label.copy()
+    if mode in ("loglik", "confidence"):
+        out[score < threshold] = IGNORE
+    elif mode == "percentile":
+        assert class_thresholds is not None
+        thr = np.full(256, np.inf)
+        for c, t in class_thresholds.items():
+            thr[c] = t
+        out[score < thr[label]] = IGNORE
+    else:
+        raise InputError(f"config: unknown selection mode {mode!r}")
+    return out
+
+
+def sample_scores(label: np.ndarray, score: np.ndarray, n: int | None, rng: np.random.Generator,
+                  into: dict[int, list[np.ndarray]]) -> None:
+    """Add (a seeded random subset of n pixels of) this image's scores to the per-class pools."""
+    lab, sc = label.reshape(-1), score.reshape(-1)
+    valid = np.flatnonzero(lab != IGNORE)
+    if n is not None and valid.size > n:
+        valid = np.sort(rng.choice(valid, size=int(n), replace=False))
+    lab, sc = lab[valid], sc[valid]
+    for c in np.unique(lab):
+        into.setdefault(int(c), []).append(sc[lab == c].astype(np.float64))
+
+
+def _quality_pairs(ds, gt_ds, predict: Predictor, mode: str, threshold: float, class_thr, out_dir: Path,
+                   stage: str) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    gt_index = None if gt_ds is None else {n: i for i, n in enumerate(gt_ds.names)}
+    n = len(ds)
+    for i in range(n):
+        item = ds[i]
+        label, score = predict(item)
+        final = apply_selection(label, score, mode, threshold, class_thr)
+        from bismap.data.labels import save_label_png
+
+        save_label_png(out_dir / item["file"], final)
+        gt = None
+        if gt_index is not None:
+            if item["name"] not in gt_index:
+                raise InputError(f"target_gt: no ground truth for {item['name']}")
+            gt = gt_ds[gt_index[item["name"]]]["label"]
+            if gt.shape != final.shape:
+                raise InputError(f"target_gt: {item['name']} label is {gt.shape}, pseudo label {final.shape}; "
+                                 f"give both specs the same size")
+        if (i + 1) % 10 == 0 or i + 1 == n:
+            kept = float((final != IGNORE).mean())
+            print(f"{stage}: {i + 1}/{n} images labelled (last kept {kept:.1%})", flush=True)
+        yield final, gt
+
+
+def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: str, threshold: float,
+                 percentile: float, sample_pixels: int | None, seed: int, stage: str) -> None:
+    """Shared driver: optional first pass for per-class percentiles, then label, save, and score."""
+    from bismap.evaluation.quality import label_quality
+
+    class_thr = None
+    if mode == "percentile":
+        pools: dict[int, list[np.ndarray]] = {}
+        for i in range(len(ds)):
+            label, score = predict(ds[i])
+            sample_scores(label, score, sample_pixels, np.random.default_rng([int(seed), i]), pools)
+            if (i + 1) % 10 == 0 or i + 1 == len(ds):
+                print(f"{stage}: percentile pass {i + 1}/{len(ds)}", flush=True)
+        class_thr = percentile_thresholds(pools, percentile)
+        print(f"{stage}: per-class thresholds at percentile {percentile}: "
+              + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(class_thr.items())), flush=True)
+    with atomic_dir(out_dir) as tmp:
+        quality = label_quality(_quality_pairs(ds, gt_ds, predict, mode, threshold, class_thr, Path(tmp), stage))
+    if class_thr is not None and isinstance(quality, dict):
+        quality = {**quality, "class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}}
+    write_json(out_quality, {**quality, **thread_record()})
+
+
+def thread_record() -> dict:
+    """The intra-op thread count the labels were computed with: float sums are ordered differently for
+    another count, so a pixel near a threshold or a class tie can flip (about 1 in 400 images on the
+    synthetic benchmark). Recorded so two label sets can be compared; see docs/troubleshooting.md."""
+    import torch
+
+    return {"threads": torch.get_num_threads()}
+
+
+def prepare_model(checkpoint, target_ds, cfg: dict, data: dict, device: torch.device, stage: str):
+    """Warm-up model in eval mode, BN statistics re-estimated on target images when cfg.adabn.enabled."""
+    from bismap.engine.inference import adapt_batchnorm
+
+    model = load_warmup(checkpoint, device)
+    ab = cfg["adabn"]
+    if bool(ab["enabled"]):
+        mean, std = mean_std(data)
+        used = adapt_batchnorm(model, target_ds, int(ab["max_images"]), int(ab["batch_size"]),
+                               mean=mean, std=std, device=device)
+        print(f"{stage}: AdaBN statistics re-estimated on {used} target images", flush=True)
+    return model.eval()
+
+
+def selection_settings(cfg: dict, default_mode: str, default_threshold: float,
+                       allowed: tuple[str, ...] = ()) -> tuple[str, float, float, int | None, int]:
+    mode = str(cfg["selection"])
+    modes = (default_mode, "percentile", *allowed)
+    if mode not in modes:
+        raise InputError(f"config: selection must be one of {', '.join(map(repr, modes))}, got {mode!r}")
+    sp = cfg["sample_pixels"]
+    thr = cfg["threshold"]
+    # threshold null: the mode's own scale (softmax 0.9, or the caller's default: the original's tau = 100)
+    threshold = (DEFAULT_CONFIDENCE if mode == "confidence" else float(default_threshold)) if thr is None else float(thr)
+    return (mode, threshold, float(cfg["percentile"]), None if sp is None else int(sp),
+            int(cfg["seed"]))

@@ -1,0 +1,29 @@
+"""Training-step pieces shared by self-training and distillation (same operations, same order)."""
+from __future__ import annotations
+
+
+
+def source_and_target_losses(cfg: dict, section: str):
+    """The two supervised terms self-training and distillation share: STM-weighted source CE and
+    symmetric CE on the target labels. Returns `step(ctx) -> (losses, target_logits)` so the
+    stage can add its own term on the same target forward pass."""
+    from bismap.losses import symmetric_cross_entropy, weighted_cross_entropy
+
+    use_stm = bool(cfg["use_stm"])
+    sce = cfg["sce"]
+    alpha = float(sce["alpha"])
+    beta = float(sce["beta"])
+
+    def step(ctx):
+        src, tgt = ctx.batches["source"], ctx.batches["target"]
+        with ctx.autocast():
+            _, src_logits = ctx.model(src["image"])
+            _, tgt_logits = ctx.model(tgt["image"])
+        losses = {
+            "source_ce": weighted_cross_entropy(src_logits.float(), src["label"],
+                                                weight=src["weight"] if use_stm else None),
+            "target_sce": symmetric_cross_entropy(tgt_logits.float(), tgt["label"], alpha=alpha, beta=beta),
+        }
+        return losses, tgt_logits
+
+    return step

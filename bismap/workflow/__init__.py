@@ -1,0 +1,1 @@
+"""Glue between Snakemake and the package: stage logging for `script:` rules, SLURM failure hints."""

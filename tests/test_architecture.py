@@ -1,0 +1,50 @@
+"""The package layout a newcomer relies on: stages share a toolkit, never each other."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bismap"
+STAGES = sorted(p for p in (PACKAGE / "stages").glob("*.py") if p.name != "__init__.py")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda p: p.stem)
+def test_stage_modules_do_not_import_each_other(stage: Path) -> None:
+    siblings = {f"bismap.stages.{p.stem}" for p in STAGES} | {"bismap.stages"}
+    bad = sorted(m for m in imported_modules(stage) if m in siblings or m.startswith("bismap.stages."))
+    assert not bad, f"{stage.name} imports {bad}: move what they share into engine/, data/ or io"
+
+
+def test_class_count_and_ignore_index_are_defined_once() -> None:
+    defined = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign):
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                defined += [(n, path.relative_to(PACKAGE).as_posix())
+                            for n in names & {"NUM_CLASSES", "IGNORE_INDEX", "IGNORE"}]
+    assert sorted(defined) == [("IGNORE_INDEX", "data/labels.py"), ("NUM_CLASSES", "data/labels.py")]
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """A newcomer reads a module in one sitting: split a long one by what its parts are."""
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
