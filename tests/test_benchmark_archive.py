@@ -177,3 +177,22 @@ def test_cli_aggregate_only_and_archive_existing(tmp_path, monkeypatch, capsys):
     assert table["ablations"]["full"]["seeds"] == [1] and table["preset"] == "second"
     default = json.loads((tmp_path / "bench" / "default" / "table.json").read_text())
     assert default["missing"] == ["b_full_s2"]
+
+
+def test_preset_runs_dry_run_with_their_config_files(tmp_path):
+    """The suburb preset's files and the no_distillation overlay pass the schema and plan the expected stages."""
+    from test_workflow import dry_run, make_copy
+
+    from bismap.sweep.plan import snakemake_cmd
+
+    spec = benchmark.load_spec(REPO / "configs" / "benchmark.yaml")
+    suburb = benchmark.preset_spec(spec, "suburb")
+    cmd = snakemake_cmd("snakemake", suburb, Path("o.yaml"), [])
+    assert cmd[cmd.index("--configfile"):] == ["--configfile", "config.yaml", "configs/synthetic_suburb.yaml", "o.yaml"]
+    wf = make_copy(tmp_path / "wf")
+    counts = dry_run(wf, "configs/tiny.yaml", "configs/synthetic_suburb.yaml")
+    assert counts["synthetic_data"] == 1 and counts["distillation"] >= 1
+    overlay = benchmark.overlay(benchmark.preset_spec(spec, "default"), "no_distillation", 100)
+    path = benchmark.write_overlay(overlay, tmp_path / "o.yaml")
+    counts = dry_run(wf, "configs/tiny.yaml", str(path))
+    assert "distillation" not in counts and "teacher_labels" not in counts and counts["self_training"] == 1
