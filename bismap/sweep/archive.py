@@ -33,12 +33,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def commit() -> str:
-    """The checked-out commit (with '-dirty' when tracked files differ), or 'unknown' outside git."""
+def commit(archive: str | os.PathLike | None = None) -> str:
+    """The checked-out commit (with '-dirty' when tracked files other than the records differ), or 'unknown'."""
+    exclude = [f":(exclude){archive}"] if archive else []
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *exclude],
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
@@ -49,12 +50,13 @@ def record_path(archive: str | os.PathLike, preset: str, experiment: str) -> Pat
 
 
 def make_record(run_dir: Path, *, preset: str, ablation: str, seed: Any, wall_s: float | None,
-                cores: int | None = None, reused_from: str | None = None) -> dict:
+                cores: int | None = None, reused_from: str | None = None,
+                archive: str | os.PathLike | None = None) -> dict:
     """The record of the finished run in `run_dir` (results/<experiment>/)."""
     summary = _checked(read_json(run_dir / "summary.json"), run_dir / "summary.json")
     quality = {p.name: read_json(p) for p in sorted((run_dir / "labels").glob("*.quality.json"))}
     return {"record_version": RECORD_VERSION, "experiment": run_dir.name, "preset": preset, "ablation": ablation,
-            "seed": seed, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit(),
+            "seed": seed, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit(archive),
             "cpu": cpu_model(), "cores": cores, "wall_s": None if wall_s is None else round(float(wall_s), 1),
             "reused_from": reused_from, "summary": summary, "quality": quality}
 
@@ -64,7 +66,7 @@ def archive_run(spec: dict, ablation: str, seed: Any, results_root: str | os.Pat
     """Write the record of a finished run atomically into the archive folder; returns its path."""
     exp = experiment_name(spec["prefix"], ablation, seed)
     rec = make_record(Path(results_root) / exp, preset=spec.get("preset", "default"), ablation=ablation, seed=seed,
-                      wall_s=wall_s, cores=spec.get("cores"), reused_from=reused_from)
+                      wall_s=wall_s, cores=spec.get("cores"), reused_from=reused_from, archive=spec["archive"])
     path = record_path(spec["archive"], rec["preset"], exp)
     if path.is_file():   # a rerun that changed nothing keeps the record of the run that made the results
         try:
