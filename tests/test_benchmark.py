@@ -13,7 +13,7 @@ from bismap.io import InputError
 
 def _spec(tmp_path, **extra):
     spec = {"prefix": "b", "out": str(tmp_path / "bench"), "seeds": [1, 2, 3], "seed_keys": ["train.seed"],
-            "ablations": {"full": {}, "k1": {"prototypes.components": 1}}}
+            "ablations": {"full": {}, "k1": {"prototypes.components": 1}}, "archive": str(tmp_path / "kept")}
     spec.update(extra)
     path = tmp_path / "benchmark.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -192,6 +192,7 @@ def test_gap_and_paired_difference_to_naive(tmp_path):
     # gap recovered from the means: (0.3267 - 0.2) / (0.6 - 0.2)
     assert full["gap_recovered"]["BiSMAP self-training"] == pytest.approx((0.98 / 3 - 0.2) / 0.4)
     md = benchmark.table_markdown(benchmark.aggregate(spec, root))
-    assert "+2.7 ± 1.5" in md and "| full | 25 | 32 |" in md
+    # 95 % t-interval: 2.667 ± t(0.975, 2) * 1.528 / sqrt(3) = 2.667 ± 4.303 * 0.882
+    assert "+2.7 [-1.1, +6.5] (n=3)" in md and "| full | 25 | 32 |" in md
     text = benchmark.text_plot(benchmark.aggregate(spec, root), width=50)
     assert "full: oracle" in text and "|" + "#" * 30 + " 60.0 ± 0.0 (3)" in text

@@ -28,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description="Writes OUT/source (GTA5 layout) and OUT/target (Cityscapes layout).")
     p.add_argument("--config", default=None, help="YAML file; its `synthetic` slice (or the whole file) is used")
     p.add_argument("--out", required=True, help="output folder (gets source/ and target/)")
+    p.add_argument("--preset", default=None, help="scene kind: default (city street) or suburb (another kind of street)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -56,7 +57,7 @@ def run_cli(args: argparse.Namespace) -> int:
             raise InputError(f"{path}: config file not found")
         doc = yaml.safe_load(path.read_text()) or {}
         cfg = dict(doc.get("synthetic", doc) if isinstance(doc, dict) else {})
-    for key in ("seed", "height", "width", "n_source", "n_target_train", "n_target_val", "workers"):
+    for key in ("preset", "seed", "height", "width", "n_source", "n_target_train", "n_target_val", "workers"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     for key, value in _parse_set(args.set).items():

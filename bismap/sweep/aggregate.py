@@ -1,28 +1,20 @@
-"""Mean and standard deviation over seeds of every run's summary.json, per ablation and method."""
+"""Mean and standard deviation over seeds of every run's summary, per ablation and method.
+
+Runs are read through archive.load_run: the kept records (benchmark_records/<preset>/<experiment>.json,
+possibly made on other days and machines) first, then finished results/<experiment>/ trees.
+Paired differences (by seed) carry a 95 % t-interval (stats.paired).
+"""
 from __future__ import annotations
 
-import math
 import os
-from pathlib import Path
 from typing import Sequence
 
-from bismap.io import read_json
-from bismap.sweep.run import FORCE_MARKER
-from bismap.sweep.spec import experiment_name
+from bismap.sweep.archive import load_run
+from bismap.sweep.spec import experiment_name, seeds_of
+from bismap.sweep.stats import mean_std, paired
 
 # The methods of the table, in order (model names as summary.json writes them).
 METHOD_ORDER = ("source-only", "naive self-training", "BiSMAP self-training")
-
-
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n-1; 0.0 for a single value; None for none)."""
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, None
-    m = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
 def method_order(names: Sequence[str]) -> list[str]:
@@ -37,81 +29,82 @@ def method_order(names: Sequence[str]) -> list[str]:
     return sorted(set(names), key=key)
 
 
-def aggregate(spec: dict, results_root: str | os.PathLike = "results") -> dict:
-    """Read results/<experiment>/summary.json of every (ablation, seed) and reduce over seeds."""
-    root = Path(results_root)
-    table: dict = {"seeds": list(spec["seeds"]), "reference": spec.get("reference", "full"), "ablations": {},
-                   "missing": []}
-    for ablation in spec["ablations"]:
-        per_model: dict[str, dict] = {}
-        per_labels: dict[str, dict[str, list]] = {}
-        seeds_found = []
-        for seed in spec["seeds"]:
-            exp = experiment_name(spec["prefix"], ablation, seed)
-            path = root / exp / "summary.json"
-            if not path.is_file() or (root / exp / FORCE_MARKER).exists():  # not run, or copied and unfinished
-                table["missing"].append(exp)
+def aggregate(spec: dict, results_root: str | os.PathLike = "results",
+              archives: Sequence[str | os.PathLike] | None = None) -> dict:
+    """Every (ablation, seed) run found (archive records, then results/), reduced over seeds."""
+    archives = [spec["archive"]] if archives is None and spec.get("archive") else list(archives or [])
+    table: dict = {"preset": spec.get("preset", "default"), "seeds": list(spec["seeds"]),
+                   "reference": spec.get("reference", "full"), "ablations": {}, "missing": [], "runs": []}
+    wanted = spec.get("run_ablations") or list(spec["ablations"])
+    for ablation in [*wanted, *[a for a in spec["ablations"] if a not in wanted]]:
+        records = []
+        for seed in seeds_of(spec, ablation):
+            rec = load_run(spec, ablation, seed, results_root, archives)
+            if rec is None:
+                if ablation in wanted:
+                    table["missing"].append(experiment_name(spec["prefix"], ablation, seed))
                 continue
-            summary = read_json(path)
-            seeds_found.append(seed)
-            for row in summary.get("models", []):
-                entry = per_model.setdefault(row["model"], {"headline": row.get("headline", "miou"),
-                                                            "values": [], "classes": {}})
-                entry["values"].append(row.get("miou_headline"))
-                for cls, iou in (row.get("iou_per_class") or {}).items():
-                    entry["classes"].setdefault(cls, []).append(iou)
-            for row in summary.get("label_sets", []):
-                entry = per_labels.setdefault(row["labels"], {"coverage": [], "accuracy": [], "miou": []})
-                for key in entry:
-                    entry[key].append(row.get(key))
-        if not seeds_found:
-            continue
-        models = {}
-        for name in method_order(per_model):
-            entry = per_model[name]
-            m, s = mean_std(entry["values"])
-            models[name] = {"headline": entry["headline"], "mean": m, "std": s, "n": len(entry["values"]),
-                            "values": entry["values"], "seeds": list(seeds_found),
-                            "classes": {c: dict(zip(("mean", "std"), mean_std(v))) for c, v in entry["classes"].items()}}
-        labels = {name: {key: dict(zip(("mean", "std"), mean_std(v))) for key, v in entry.items()}
-                  for name, entry in per_labels.items()}
-        table["ablations"][ablation] = {"seeds": seeds_found, "models": models, "label_sets": labels,
-                                        "gap_recovered": gap_recovered(models), "over_naive": over_naive(models)}
+            records.append((seed, rec))
+            table["runs"].append({k: rec.get(k) for k in ("experiment", "cpu", "commit", "date", "wall_s", "source")})
+        if records:
+            table["ablations"][ablation] = _reduce(records)
     ref = table["ablations"].get(table["reference"])
     for name, entry in table["ablations"].items():
         if ref is not None and name != table["reference"]:
             entry["over_reference"] = over_reference(entry["models"], ref["models"])
+    table["cpus"] = sorted({r["cpu"] or "unknown (results/ without a record)" for r in table["runs"]})
     return table
 
 
+def _reduce(records: list[tuple]) -> dict:
+    """Mean ± std over the seeds of one ablation's runs, per model, class and label set."""
+    per_model: dict[str, dict] = {}
+    per_labels: dict[str, dict[str, list]] = {}
+    for seed, rec in records:
+        summary = rec["summary"]
+        for row in summary.get("models", []):
+            entry = per_model.setdefault(row["model"], {"headline": row.get("headline", "miou"), "values": [],
+                                                        "seeds": [], "classes": {}})
+            entry["values"].append(row.get("miou_headline"))
+            entry["seeds"].append(seed)
+            for cls, iou in (row.get("iou_per_class") or {}).items():
+                entry["classes"].setdefault(cls, []).append(iou)
+        for row in summary.get("label_sets", []):
+            entry = per_labels.setdefault(row["labels"], {"coverage": [], "accuracy": [], "miou": []})
+            for key in entry:
+                entry[key].append(row.get(key))
+    models = {}
+    for name in method_order(per_model):
+        entry = per_model[name]
+        m, s = mean_std(entry["values"])
+        models[name] = {"headline": entry["headline"], "mean": m, "std": s, "n": len(entry["values"]),
+                        "values": entry["values"], "seeds": entry["seeds"],
+                        "classes": {c: dict(zip(("mean", "std"), mean_std(v))) for c, v in entry["classes"].items()}}
+    labels = {name: {key: dict(zip(("mean", "std"), mean_std(v))) for key, v in entry.items()}
+              for name, entry in per_labels.items()}
+    return {"seeds": [seed for seed, _ in records], "models": models, "label_sets": labels,
+            "gap_recovered": gap_recovered(models), "over_naive": over_naive(models)}
+
+
+def _paired_by_seed(a: dict, b: dict) -> dict:
+    """a - b over the seeds both have: mean, std, n and the 95 % t-interval."""
+    b_by_seed = dict(zip(b["seeds"], b["values"]))
+    return paired([v - b_by_seed[s] for s, v in zip(a["seeds"], a["values"])
+                   if s in b_by_seed and v is not None and b_by_seed[s] is not None])
+
+
 def over_reference(models: dict, reference: dict) -> dict:
-    """Per model: mean and std of (ablation - reference) mIoU over the seeds both have (paired)."""
-    out = {}
-    for name, m in models.items():
-        r = reference.get(name)
-        if r is None:
-            continue
-        ref_by_seed = dict(zip(r["seeds"], r["values"]))
-        diffs = [v - ref_by_seed[s] for s, v in zip(m["seeds"], m["values"])
-                 if s in ref_by_seed and v is not None and ref_by_seed[s] is not None]
-        mean, std = mean_std(diffs)
-        out[name] = {"mean": mean, "std": std, "n": len(diffs)}
-    return out
+    """Per model: (ablation - reference) mIoU paired by seed, with its 95 % t-interval."""
+    return {name: _paired_by_seed(m, reference[name]) for name, m in models.items() if name in reference}
 
 
 def over_naive(models: dict) -> dict | None:
-    """Per adapted model: mean and std over seeds of (its mIoU - naive self-training's), paired by seed."""
+    """Per adapted model: (its mIoU - naive self-training's) paired by seed, with its 95 % t-interval."""
     base = models.get("naive self-training")
     if base is None:
         return None
-    out = {}
-    for name, m in models.items():
-        if name in ("source-only", "naive self-training", "oracle") or len(m["values"]) != len(base["values"]):
-            continue
-        diffs = [a - b for a, b in zip(m["values"], base["values"]) if a is not None and b is not None]
-        mean, std = mean_std(diffs)
-        out[name] = {"mean": mean, "std": std}
-    return out
+    return {name: _paired_by_seed(m, base) for name, m in models.items()
+            if name not in ("source-only", "naive self-training", "oracle")}
 
 
 def gap_recovered(models: dict) -> dict | None:

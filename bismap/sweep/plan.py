@@ -72,8 +72,8 @@ def rerun_roots(summary_output: str) -> tuple[list[str], bool, bool]:
 
 
 def snakemake_cmd(snakemake: str, spec: dict, overlay_path: Path, extra_args: Sequence[str]) -> list[str]:
-    return [snakemake, "--cores", str(spec["cores"]), "--configfile", str(spec["base_config"]), str(overlay_path),
-            *extra_args]
+    return [snakemake, "--cores", str(spec["cores"]), "--configfile", str(spec["base_config"]),
+            *[str(f) for f in spec.get("configfiles", [])], str(overlay_path), *extra_args]
 
 
 def reuse_plan(spec: dict, ablation: str, seed: Any, snakemake: str, results_root: Path) -> list[str] | None:

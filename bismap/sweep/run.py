@@ -4,14 +4,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from bismap.io import InputError
+from bismap.sweep.archive import FORCE_MARKER, archive_run
 from bismap.sweep.plan import reuse_plan, snakemake_cmd
 from bismap.sweep.spec import experiment_name, overlay, runs, write_overlay
-
-FORCE_MARKER = ".benchmark_forcerun"  # rules still to force in a run copied from its reference run
 
 
 def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequence[Any] | None = None,
@@ -22,13 +22,12 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
     An ablation whose seed already has a finished reference run starts from a copy of it (file
     times kept) and reruns only the stages its switch affects (`reuse: false` turns this off).
     """
-    import shutil
-
     out = Path(spec["out"])
     root = Path(results_root)
     snakemake = snakemake or str(Path(sys.executable).with_name("snakemake"))
     done = []
     for ablation, seed in runs(spec, ablations, seeds):
+        reused_from = None
         cfg = overlay(spec, ablation, seed)
         exp = cfg["experiment"]
         path = write_overlay(cfg, out / "configs" / f"{exp}.yaml")
@@ -39,16 +38,7 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
         if not dry_run and not (root / exp).exists():
             roots = reuse_plan(spec, ablation, seed, snakemake, root)
             if roots is not None:
-                ref_exp = experiment_name(spec["prefix"], spec.get("reference", "full"), seed)
-                print(f"benchmark: {exp} starts from a copy of {ref_exp}; rerunning "
-                      f"{', '.join(roots) or 'nothing'} and what depends on it", flush=True)
-                tmp = root / f".{exp}.copying"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(root / ref_exp, tmp, copy_function=shutil.copy2)
-                for name in ("summary.json", "summary.md"):  # the reference's results must never pass as this run's
-                    (tmp / name).unlink(missing_ok=True)
-                (tmp / FORCE_MARKER).write_text("\n".join(roots) + "\n")
-                tmp.rename(root / exp)
+                reused_from = _copy_reference(spec, root, exp, seed, roots)
         if not dry_run and marker.is_file():
             roots = marker.read_text().split()
             if roots:
@@ -58,6 +48,7 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
         if dry_run:
             done.append(exp)
             continue
+        t0 = time.perf_counter()
         rc = subprocess.call(cmd)
         if rc != 0:
             msg = f"benchmark: run {exp} failed (snakemake exit {rc})"
@@ -66,5 +57,41 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
             print(msg, file=sys.stderr, flush=True)
             continue
         marker.unlink(missing_ok=True)
+        if (root / exp / "summary.json").is_file():
+            kept = archive_run(spec, ablation, seed, root, time.perf_counter() - t0, reused_from)
+            print(f"benchmark: kept {kept}", flush=True)
+        else:   # e.g. snakemake arguments that stop before the report
+            print(f"benchmark: {exp} has no summary.json; no record kept", flush=True)
         done.append(exp)
     return done
+
+
+def _copy_reference(spec: dict, root: Path, exp: str, seed: Any, roots: list[str]) -> str:
+    """Start run `exp` as a copy of the seed's reference run, with the rules to force in a marker file."""
+    import shutil
+
+    ref_exp = experiment_name(spec["prefix"], spec.get("reference", "full"), seed)
+    print(f"benchmark: {exp} starts from a copy of {ref_exp}; rerunning "
+          f"{', '.join(roots) or 'nothing'} and what depends on it", flush=True)
+    tmp = root / f".{exp}.copying"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root / ref_exp, tmp, copy_function=shutil.copy2)
+    for name in ("summary.json", "summary.md"):  # the reference's results must never pass as this run's
+        (tmp / name).unlink(missing_ok=True)
+    (tmp / FORCE_MARKER).write_text("\n".join(roots) + "\n")
+    tmp.rename(root / exp)
+    return ref_exp
+
+
+def archive_existing(spec: dict, results_root: str | os.PathLike = "results") -> list[Path]:
+    """Keep a record of every finished run in results/ that has none yet (wall time unknown)."""
+    from bismap.sweep.archive import load_run, record_path
+
+    kept = []
+    for ablation, seed in runs(spec):
+        exp = experiment_name(spec["prefix"], ablation, seed)
+        if record_path(spec["archive"], spec.get("preset", "default"), exp).is_file():
+            continue
+        if load_run(spec, ablation, seed, results_root, []) is not None:
+            kept.append(archive_run(spec, ablation, seed, results_root, None))
+    return kept

@@ -14,10 +14,30 @@ def _fmt(m: float | None, s: float | None) -> str:
     return f"{100 * m:.1f} ± {100 * (s or 0.0):.1f}"
 
 
+def _diff(d: dict | None) -> str:
+    """A paired difference in points: mean [95 % t-interval] (n), or mean (n) below two pairs."""
+    if not d or d.get("mean") is None:
+        return "-"
+    if d.get("lo") is None:
+        return f"{100 * d['mean']:+.1f} (n={d['n']})"
+    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (n={d['n']})"
+
+
+def _provenance(table: dict) -> list[str]:
+    runs = table.get("runs", [])
+    kept = sum(1 for r in runs if r.get("cpu") is not None)
+    commits = sorted({(r.get("commit") or "")[:12] for r in runs if r.get("commit")})
+    return [f"Preset `{table.get('preset', 'default')}`: {len(runs)} runs ({kept} from kept records, "
+            f"{len(runs) - kept} from results/ only); CPUs: {'; '.join(table.get('cpus', [])) or '-'}; "
+            f"commits: {', '.join(commits) or '-'}.", ""]
+
+
 def table_markdown(table: dict) -> str:
+    """The benchmark table as markdown. Long because it is one linear sequence of table sections."""
     lines = ["# bismap benchmark", "",
              "Target-val mIoU in %, mean ± sample std over seeds (n = seeds found). "
-             "Each ablation is one config switch away from `full`.", ""]
+             "Each ablation is one config switch away from `full`. Differences are paired by seed: "
+             "mean [95 % t-interval] (n pairs), in points.", "", *_provenance(table)]
     abls = list(table["ablations"])
     methods = method_order([m for a in abls for m in table["ablations"][a]["models"]])
     if abls:
@@ -36,26 +56,20 @@ def table_markdown(table: dict) -> str:
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
         adapted = [m for m in methods if m not in ("source-only", "naive self-training", "oracle")]
-        lines += ["mIoU minus naive self-training's, paired by seed (mean ± std over seeds):", "",
+        lines += ["mIoU minus naive self-training's, paired by seed (mean [95 % t-interval] (n)):", "",
                   "| ablation | " + " | ".join(adapted) + " |", "|---|" + "---|" * len(adapted)]
         for a in abls:
             diff = table["ablations"][a].get("over_naive") or {}
-            cells = [(f"{100 * diff[m]['mean']:+.1f} ± {100 * (diff[m]['std'] or 0):.1f}"
-                      if m in diff and diff[m]["mean"] is not None else "-") for m in adapted]
-            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+            lines.append(f"| {a} | " + " | ".join(_diff(diff.get(m)) for m in adapted) + " |")
         lines.append("")
         if len(abls) > 1:
-            lines += [f"Ablation minus `{table.get('reference', 'full')}` on the same seeds (paired; mean ± std, "
-                      "n = shared seeds):", "",
-                      "| ablation | n | " + " | ".join(adapted) + " |", "|---|---|" + "---|" * len(adapted)]
+            lines += [f"Ablation minus `{table.get('reference', 'full')}` on the same seeds (paired; "
+                      "mean [95 % t-interval] (n shared seeds)):", "",
+                      "| ablation | " + " | ".join(adapted) + " |", "|---|" + "---|" * len(adapted)]
             for a in abls:
                 diff = table["ablations"][a].get("over_reference")
-                if not diff:
-                    continue
-                n = max((d["n"] for d in diff.values()), default=0)
-                cells = [(f"{100 * diff[m]['mean']:+.1f} ± {100 * (diff[m]['std'] or 0):.1f}"
-                          if m in diff and diff[m]["mean"] is not None else "-") for m in adapted]
-                lines.append(f"| {a} | {n} | " + " | ".join(cells) + " |")
+                if diff:
+                    lines.append(f"| {a} | " + " | ".join(_diff(diff.get(m)) for m in adapted) + " |")
             lines.append("")
         sets = [s for a in abls for s in table["ablations"][a].get("label_sets", {})]
         sets = list(dict.fromkeys(sets))

@@ -6,6 +6,8 @@ standing on the ground plane), so shape and context transfer; the per-class colo
 illumination, blur, noise, object sizes and class frequencies shift too, more mildly.
 
 Config slice `synthetic` (every knob, with defaults in DEFAULTS):
+  preset ("default")     scene kind: "default" (city street, scene.py) or "suburb" (a residential
+                         street of another kind: camera, road, buildings, objects, lighting; suburb.py)
   seed (0)               master seed; image i of domain d uses SeedSequence([seed, d, i]), so
                          output is identical for any number of workers
   height, width (128, 256) image size
@@ -32,14 +34,14 @@ Config slice `synthetic` (every knob, with defaults in DEFAULTS):
   shift.ego_hood (0.07)       target ego-vehicle hood height (fraction of H; labelled void id 1)
 
 Modules: `config` (defaults, class ids, validation), `scene` (the layout: road, facades, objects,
-as a trainId map with per-instance colours), `appearance` (domain palettes and rendering:
+as a trainId map with per-instance colours), `suburb` (the suburb preset's layout), `appearance` (domain palettes and rendering:
 texture, lighting, blur, noise), `writer` (one image per (seed, domain, index); the GTA5 and
 Cityscapes file layouts on disk).
 """
 from bismap.data.synthetic.appearance import domain_style, render
-from bismap.data.synthetic.config import DEFAULTS, DOMAINS, EGO_VEHICLE_ID, resolve_config
+from bismap.data.synthetic.config import DEFAULTS, DOMAINS, EGO_VEHICLE_ID, PRESETS, resolve_config
 from bismap.data.synthetic.scene import make_scene
 from bismap.data.synthetic.writer import generate, trainids_to_ids, write_benchmark
 
-__all__ = ["DEFAULTS", "DOMAINS", "EGO_VEHICLE_ID", "domain_style", "generate", "make_scene", "render",
+__all__ = ["DEFAULTS", "DOMAINS", "EGO_VEHICLE_ID", "PRESETS", "domain_style", "generate", "make_scene", "render",
            "resolve_config", "trainids_to_ids", "write_benchmark"]

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from bismap.data.labels import CLASS_NAMES
-from bismap.data.synthetic.config import BASE_COLOURS, BUILDING, SIDEWALK, SKY, TERRAIN, VEG
+from bismap.data.synthetic.config import (BASE_COLOURS, BUILDING, PRESETS, SIDEWALK, SKY, SUBURB_RATE_FACTORS,
+                                          TERRAIN, VEG)
 
 
 # ----------------------------------------------------------------------------- palettes
@@ -27,7 +28,10 @@ def _hue_rotate(rgb: np.ndarray, degrees: float) -> np.ndarray:
 
 def domain_style(cfg: dict[str, Any]) -> dict[str, Any]:
     """Per-domain palettes and class-rate multipliers, fixed by the seed (shared by all images)."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 99]))
+    preset = cfg.get("preset", "default")
+    # the default keeps its historical stream; another preset draws its own colour shift
+    key = [int(cfg["seed"]), 99] if preset == "default" else [int(cfg["seed"]), 99, PRESETS.index(preset)]
+    rng = np.random.default_rng(np.random.SeedSequence(key))
     sh = cfg["shift"]
     grey = BASE_COLOURS.mean(axis=1, keepdims=True)
     src = np.clip(grey + (BASE_COLOURS - grey) * sh["saturation"], 0, 255)
@@ -37,8 +41,9 @@ def domain_style(cfg: dict[str, Any]) -> dict[str, Any]:
     tgt = np.stack([_hue_rotate(blend[c], angles[c]) for c in range(len(CLASS_NAMES))])
     tgt = np.clip(tgt, 0, 255)
     z = rng.uniform(-1, 1, size=len(cfg["object_rates"]))
-    rates_src = {k: float(v) for k, v in cfg["object_rates"].items()}
-    rates_tgt = {k: float(v) * math.exp(sh["class_frequency"] * zk) for (k, v), zk in zip(cfg["object_rates"].items(), z)}
+    factors = SUBURB_RATE_FACTORS if preset == "suburb" else {}
+    rates_src = {k: float(v) * factors.get(k, 1.0) for k, v in cfg["object_rates"].items()}
+    rates_tgt = {k: v * math.exp(sh["class_frequency"] * zk) for (k, v), zk in zip(rates_src.items(), z)}
     return {"source": {"palette": src.astype(np.float32), "rates": rates_src},
             "target": {"palette": tgt.astype(np.float32), "rates": rates_tgt}}
 
@@ -55,6 +60,17 @@ def _lowfreq(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
     a = g[y0][:, x0] * (1 - fx) + g[y0][:, x0 + 1] * fx
     b = g[y0 + 1][:, x0] * (1 - fx) + g[y0 + 1][:, x0 + 1] * fx
     return a * (1 - fy) + b * fy
+
+
+def _overcast(img: np.ndarray, il: float, rng: np.random.Generator) -> np.ndarray:
+    """The suburb target's light: desaturated, cool and vignetted (strength from shift.illumination)."""
+    h, w = img.shape[:2]
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + (img - grey) * max(0.0, 1.0 - 0.8 * il * rng.uniform(0.8, 1.2))
+    img = img * np.array([1 - 0.15 * il, 1.0, 1 + 0.15 * il], np.float32)
+    ry = (np.arange(h, dtype=np.float32)[:, None] / h - 0.5) * 2
+    rx = (np.arange(w, dtype=np.float32)[None, :] / w - 0.5) * 2
+    return img * (1 - 0.4 * il * (ry ** 2 + rx ** 2) / 2)[..., None]
 
 
 def render(rng: np.random.Generator, label: np.ndarray, image: np.ndarray, cfg: dict[str, Any],
@@ -100,6 +116,8 @@ def render(rng: np.random.Generator, label: np.ndarray, image: np.ndarray, cfg: 
         temp = rng.uniform(-il, il) * 0.3
         ramp = g0 * (1 + slope * (xx / w - 0.5))
         img = img * ramp[..., None] * np.array([1 + temp, 1.0, 1 - temp], np.float32)
+        if cfg.get("preset") == "suburb":
+            img = _overcast(img, il, rng)
     img = np.clip(img, 0, 255).astype(np.uint8)
     if target and sh["blur"] > 0:
         img = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(radius=float(sh["blur"]))))

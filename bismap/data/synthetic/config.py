@@ -9,6 +9,7 @@ import numpy as np
 from bismap.io import InputError
 
 DEFAULTS: dict[str, Any] = {
+    "preset": "default",
     "seed": 0,
     "height": 128,
     "width": 256,
@@ -55,6 +56,13 @@ BASE_COLOURS = np.array([
 
 DOMAINS = {"source": 0, "train": 1, "val": 2}
 
+# Scene kinds (`preset`): "default" is the city street of scene.py; "suburb" (suburb.py) is a
+# residential street of another kind. Its object rates are the configured ones times these
+# factors, so `object_rates` keeps its meaning (relative to the default street) under either preset.
+PRESETS = ("default", "suburb")
+SUBURB_RATE_FACTORS = {"car": 0.7, "person": 0.5, "rider": 1.3, "pole": 0.7, "truck": 0.7, "bus": 0.6,
+                       "train": 1.0, "tree": 1.6, "fence": 1.3, "wall": 1.0, "terrain": 1.0}
+
 
 # ----------------------------------------------------------------------------- config
 def resolve_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
@@ -80,6 +88,8 @@ def resolve_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
             raise InputError(f"synthetic config: {key} must be >= 0, got {out[key]}")
     if not (0.0 <= out["shift"]["palette_blend"] <= 1.0):
         raise InputError("synthetic config: shift.palette_blend must lie in [0, 1]")
+    if out["preset"] not in PRESETS:
+        raise InputError(f"synthetic config: unknown preset {out['preset']!r}; known: {', '.join(PRESETS)}")
     if not out["train_cities"] or not out["val_cities"]:
         raise InputError("synthetic config: train_cities and val_cities must be non-empty lists")
     return out

@@ -9,6 +9,7 @@ from bismap.data.labels import CLASS_NAMES, IGNORE_INDEX, TRAINID_TO_ID
 from bismap.data.synthetic.appearance import domain_style, render
 from bismap.data.synthetic.config import DOMAINS, EGO_VEHICLE_ID, resolve_config
 from bismap.data.synthetic.scene import make_scene
+from bismap.data.synthetic.suburb import make_suburb_scene
 
 
 def generate(cfg: dict[str, Any], domain: str, index: int, style: dict[str, Any] | None = None
@@ -22,7 +23,8 @@ def generate(cfg: dict[str, Any], domain: str, index: int, style: dict[str, Any]
     target = domain != "source"
     rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), DOMAINS[domain], int(index)]))
     h, w = int(cfg["height"]), int(cfg["width"])
-    label, image, info = make_scene(rng, h, w, style["target" if target else "source"], cfg, target)
+    make = make_suburb_scene if cfg["preset"] == "suburb" else make_scene
+    label, image, info = make(rng, h, w, style["target" if target else "source"], cfg, target)
     img = render(rng, label, image, cfg, target, info[0][2])
     return img, label
 
