@@ -15,7 +15,7 @@ def test_bench_all_tiny_writes_every_section(tmp_path) -> None:
     assert main(["all", "--tiny", "--no-bf16", "--out", str(out)]) == 0
     text = out.read_text()
     for title in ("GMM fit against scikit-learn", "GMM scoring against the network forward", "Training step",
-                  "Data loading", "Workflow"):
+                  "Data loading", "Workflow", "Preflight"):
         assert f"## {title}" in text
     assert "Measured by `python -m bismap.bench all --tiny" in text and "Machine:" in text
     rows = [line for line in text.splitlines() if line.startswith("| 2000 |")]
@@ -24,6 +24,7 @@ def test_bench_all_tiny_writes_every_section(tmp_path) -> None:
     assert math.isfinite(speedup) and speedup > 0 and rel < 1e-4
     overheads = re.findall(r"^\| (?:bare|self_training) \| off \| [^|]+\| [^|]+\| ([^|]+)\|", text, re.M)
     assert len(overheads) == 2 and all(math.isfinite(float(v)) for v in overheads)
+    assert re.search(r"^\| 32x64 \| 4 \| 1 \| [^|]+\| [^|]+\| 0 \|$", text, re.M), text  # preflight row
     assert "| 32x64 | 16 |" in text and text.count("| 0 |") >= 1  # scoring row, no label outside tolerance
 
 

@@ -6,7 +6,7 @@
 
 Parts: gmm (fit vs scikit-learn), scoring (pseudo-label GMM scoring vs the network forward),
 training (FLOP/s and overhead of the step), loading (readers + augmentation vs the step),
-workflow (snakemake -n, critical path of a finished run). Not tests: nothing here asserts a time.
+workflow (snakemake -n, critical path of a finished run), preflight (reading every file before training). Not tests: nothing here asserts a time.
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ import torch
 
 from bismap.bench.common import REPO
 
-PARTS = ("gmm", "scoring", "training", "loading", "workflow")
+PARTS = ("gmm", "scoring", "training", "loading", "workflow", "preflight")
 TITLES = {"gmm": "GMM fit against scikit-learn", "scoring": "GMM scoring against the network forward",
-          "training": "Training step", "loading": "Data loading", "workflow": "Workflow"}
+          "training": "Training step", "loading": "Data loading", "workflow": "Workflow",
+          "preflight": "Preflight"}
 
 
 def machine() -> str:
@@ -57,6 +58,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, default=None, help="per-domain batch (default: the setting's, 4)")
     p.add_argument("--no-bf16", action="store_true", help="skip the CPU bf16 autocast measurement")
     p.add_argument("--images", type=int, default=None, help="images read by the loading part (default 64)")
+    p.add_argument("--preflight-images", type=int, default=None, help="images per size (default 3000)")
+    p.add_argument("--preflight-sizes", nargs="+", default=None, metavar="HxW",
+                   help="image sizes of the preflight part (default 96x192 512x1024)")
+    p.add_argument("--preflight-threads", type=int, default=1, help="threads of the preflight part (default 1)")
     a = p.parse_args(argv)
     tiny, quick = a.tiny, a.quick or a.tiny
     a.gmm_n = a.gmm_n or ([2000] if tiny else [20_000] if quick else [100_000, 300_000])
@@ -68,12 +73,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.train_iters = a.train_iters or (1 if quick else 5)
     a.train_batch = a.train_batch or (2 if tiny else None)
     a.images = a.images or (4 if tiny else 16 if quick else 64)
+    a.preflight_images = a.preflight_images or (4 if tiny else 300 if quick else 3000)
+    a.preflight_sizes = a.preflight_sizes or (["32x64"] if tiny else ["96x192"] if quick else ["96x192", "512x1024"])
     return a
 
 
 def run_part(part: str, a: argparse.Namespace, results: dict) -> dict:
-    from bismap.bench import gmm, loading, scoring, training, workflow
+    from bismap.bench import gmm, loading, preflight, scoring, training, workflow
 
+    if part == "preflight":
+        return preflight.run(a.preflight_images, [tuple(int(v) for v in s.lower().split("x")) for s in a.preflight_sizes],
+                             threads=a.preflight_threads)
     if part == "gmm":
         return gmm.run(a.gmm_n, d=a.gmm_d, iters=a.gmm_iters, repeats=a.repeats)
     if part == "scoring":
@@ -112,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     for part in parts:
         results[part] = run_part(part, a, results)
-    from bismap.bench import gmm, loading, scoring, training, workflow
+    from bismap.bench import gmm, loading, preflight, scoring, training, workflow
 
-    mods = {"gmm": gmm, "scoring": scoring, "training": training, "loading": loading, "workflow": workflow}
+    mods = {"gmm": gmm, "scoring": scoring, "training": training, "loading": loading, "workflow": workflow,
+            "preflight": preflight}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc = [f"# Performance\n\nMeasured by `{cmd}` on {now}.\n\nMachine: {machine()}. Every figure is a ratio "
            "against a reference measured in the same run on the same machine; the machine was shared with other "
