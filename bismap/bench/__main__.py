@@ -58,6 +58,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, default=None, help="per-domain batch (default: the setting's, 4)")
     p.add_argument("--no-bf16", action="store_true", help="skip the CPU bf16 autocast measurement")
     p.add_argument("--images", type=int, default=None, help="images read by the loading part (default 64)")
+    p.add_argument("--workflow-experiment", default=None, metavar="NAME",
+                   help="finished run of config.yaml whose stage times give the critical path (default: its experiment)")
     p.add_argument("--preflight-images", type=int, default=None, help="images per size (default 3000)")
     p.add_argument("--preflight-sizes", nargs="+", default=None, metavar="HxW",
                    help="image sizes of the preflight part (default 96x192 512x1024)")
@@ -94,7 +96,7 @@ def run_part(part: str, a: argparse.Namespace, results: dict) -> dict:
         step = next((r["s_per_it"] for r in results.get("training", {}).get("rows", [])
                      if r["step"] == "self_training" and r["amp"] == "off"), None)
         return loading.run(a.images, step, batch=a.train_batch)
-    return workflow.run()
+    return workflow.run(a.workflow_experiment)
 
 
 def goals(results: dict) -> str:

@@ -57,11 +57,12 @@ def critical_path(times: dict[str, float], edges: list[tuple[str, str]]) -> tupl
     return total, list(path)
 
 
-def run() -> dict[str, Any]:
-    exp = default_config()["experiment"]
+def run(experiment: str | None = None) -> dict[str, Any]:
+    """`experiment`: a finished run of config.yaml under another name (e.g. a `bismap benchmark` run)."""
+    exp = experiment or default_config()["experiment"]
     bench_dir = REPO / "benchmarks" / str(exp)
     t0 = time.perf_counter()
-    dry = _snakemake("-n", "--quiet", "rules")
+    dry = _snakemake("-n", "--quiet", "rules", *(("--config", f"experiment={exp}") if experiment else ()))
     dry_s = time.perf_counter() - t0
     jobs = re.findall(r"^(\S+)\s+(\d+)$", dry.stdout, re.M)
     n_jobs = sum(int(n) for r, n in jobs if r != "total")
