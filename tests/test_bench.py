@@ -41,3 +41,19 @@ def test_critical_path_and_stage_times(tmp_path) -> None:
     assert times == {"warmup": 10.0, "teacher_labels": 9.0, "evaluate": 1.0}
     total, path = critical_path(times, edges)
     assert total == 20.0 and path == ["warmup", "teacher_labels", "evaluate"]
+
+
+def test_job_graph_names_jobs_by_their_benchmark_files(tmp_path) -> None:
+    from bismap.bench.workflow import critical_path, job_graph
+
+    dot = ('\t0[label = "self_training"];\n\t1[label = "teacher_labels\\nr: 1"];\n\t2[label = "distillation"];\n'
+           '\t3[label = "preflight\\npart: val"];\n\t4[label = "evaluate\\nmodel: distillation_r1"];\n'
+           '\t0 -> 1\n\t1 -> 2\n\t0 -> 2\n\t2 -> 4\n\t3 -> 4\n')
+    for name, s in (("self_training", 5.0), ("teacher_labels_r1", 2.0), ("distillation_r1", 3.0),
+                    ("preflight_val", 1.0), ("evaluate_distillation_r1", 0.5)):
+        (tmp_path / f"{name}.tsv").write_text(f"s\th:m:s\n{s}\t0:00:01\n")
+    times, edges = job_graph(dot, tmp_path)
+    assert times == {"self_training": 5.0, "teacher_labels_r1": 2.0, "distillation_r1": 3.0, "preflight_val": 1.0,
+                     "evaluate_distillation_r1": 0.5}
+    assert critical_path(times, edges) == (10.5, ["self_training", "teacher_labels_r1", "distillation_r1",
+                                                   "evaluate_distillation_r1"])

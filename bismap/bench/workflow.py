@@ -2,8 +2,9 @@
 
 `snakemake -n` runs in the repository with config.yaml (on a finished run it only checks
 timestamps; without one it plans every job). The critical path is the longest chain of the
-rule graph (`snakemake --rulegraph`) weighted by each rule's wall time from
-`benchmarks/<experiment>/<rule>[_<wildcards>].tsv` (jobs of one rule are summed).
+job graph (`snakemake --dag`: distillation rounds make the rule graph cyclic) weighted by each
+job's wall time from `benchmarks/<experiment>/<rule>[_<wildcards>].tsv`; the stage table sums
+the jobs of one rule.
 """
 from __future__ import annotations
 
@@ -42,6 +43,39 @@ def rule_graph(dot: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     return nodes, [(nodes[a], nodes[b]) for a, b in edges if a in nodes and b in nodes]
 
 
+def job_graph(dot: str, bench_dir: Path) -> tuple[dict[str, float], list[tuple[str, str]]]:
+    """Jobs of `snakemake --dag` as "rule[_wildcards]" names with their seconds, and the edges between them.
+
+    A job's benchmark file is <rule>.tsv, <rule>_<values>.tsv or <rule>_<name><value>.tsv (teacher_labels_r1).
+    The dag labels show only wildcards a job does not share with its inputs' jobs (distillation's `r`
+    comes from teacher_labels), so a job also tries the wildcards of the jobs it depends on.
+    """
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "([^"]+)"', dot, re.M))
+    edges = [(a, b) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M) if a in labels and b in labels]
+    own = {n: [w.split(": ", 1) for w in label.split("\\n")[1:]] for n, label in labels.items()}
+    parents: dict[str, list[str]] = {}
+    for a, b in edges:
+        parents.setdefault(b, []).append(a)
+    names, times = {}, {}
+    for node, label in labels.items():
+        rule = label.split("\\n")[0]
+        inherited = [p for parent in parents.get(node, []) for p in own[parent] if p[0] not in dict(own[node])]
+        stems = [rule]
+        for pairs in [own[node]] + [own[node] + [p] for p in inherited]:
+            if pairs:
+                stems += [f"{rule}_" + "_".join(v for _, v in pairs), f"{rule}_" + "_".join(k + v for k, v in pairs)]
+        names[node] = next((st for st in stems if (bench_dir / f"{st}.tsv").is_file()), stems[-1])
+        times[names[node]] = sum(_seconds(bench_dir / f"{names[node]}.tsv"))
+    return times, [(names[a], names[b]) for a, b in edges]
+
+
+def _seconds(tsv: Path) -> list[float]:
+    if not tsv.is_file():
+        return []
+    with tsv.open() as fh:
+        return [float(row["s"]) for row in csv.DictReader(fh, delimiter="\t")]
+
+
 def critical_path(times: dict[str, float], edges: list[tuple[str, str]]) -> tuple[float, list[str]]:
     preds: dict[str, list[str]] = {}
     for a, b in edges:
@@ -70,9 +104,11 @@ def run(experiment: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"experiment": exp, "dry_run_s": dry_s, "dry_run_rc": dry.returncode, "jobs_to_run": n_jobs,
                            "finished_run": finished}
     if finished:
-        nodes, edges = rule_graph(_snakemake("--rulegraph").stdout)
+        exp_args = ("--config", f"experiment={exp}") if experiment else ()
+        nodes, _ = rule_graph(_snakemake("--rulegraph", *exp_args).stdout)
         times = stage_times(bench_dir, list(nodes.values()))
-        total, path = critical_path(times, edges)
+        job_times, job_edges = job_graph(_snakemake("--dag", *exp_args).stdout, bench_dir)
+        total, path = critical_path(job_times, job_edges)
         out.update(stages=[{"rule": r, "s": s} for r, s in sorted(times.items(), key=lambda kv: -kv[1])],
                    critical_s=total, critical_path=path, sum_s=sum(times.values()))
     print(f"bench workflow: snakemake -n {dry_s:.1f} s (rc {dry.returncode}, {n_jobs} jobs to run); "
