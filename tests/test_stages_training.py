@@ -413,7 +413,8 @@ def test_teacher_labels_of_constant_model(tiny) -> None:
     ckpt = constant_checkpoint(tiny["tmp"] / "c.pt", POLE)
     tgt = make_cityscapes(tiny["tmp"] / "cs_pole", "train", n=3, seed=5, pole=True)
     out_dir, quality = tiny["tmp"] / "tl", tiny["tmp"] / "tl.json"
-    cfg = {"scales": [0.75, 1.0, 1.5], "flip": True, "adabn": {"enabled": True, "max_images": 2, "batch_size": 2}}
+    cfg = {"scales": [0.75, 1.0, 1.5], "flip": True, "adabn": {"enabled": True, "max_images": 2, "batch_size": 2},
+           "selection": "none", "threshold": 0.9}
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=out_dir,
                        out_quality=quality, cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1)
     files = sorted(p.name for p in out_dir.iterdir())
@@ -430,6 +431,29 @@ def test_teacher_labels_of_constant_model(tiny) -> None:
                        out_quality=quality, cfg={**cfg, "adabn": {"enabled": False}}, data=DATA, runtime=RUNTIME_T)
     q = json.loads(quality.read_text())
     assert q["accuracy"] is None and q["coverage"] == 1.0
+
+
+def test_teacher_labels_confidence_selection_leaves_unsure_pixels_unlabelled(tiny) -> None:
+    from bismap.data.labels import read_label_png
+    from bismap.stages import teacher_labels
+
+    ckpt = constant_checkpoint(tiny["tmp"] / "c.pt", POLE)  # softmax of the pole: e^10 / (e^10 + 18) = 0.99918
+    tgt = make_cityscapes(tiny["tmp"] / "cs_sel", "train", n=2, seed=6, pole=True)
+    out_dir, quality = tiny["tmp"] / "tl_sel", tiny["tmp"] / "tl_sel.json"
+    base = {"scales": [1.0], "flip": False, "adabn": {"enabled": False, "max_images": 2, "batch_size": 2}}
+    for threshold, expected in ((0.999, POLE), (0.9995, 255)):
+        teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=out_dir,
+                           out_quality=quality, cfg={**base, "selection": "confidence", "threshold": threshold},
+                           data=DATA, runtime=RUNTIME_T)
+        for f in out_dir.iterdir():
+            assert np.all(read_label_png(f) == expected), threshold
+        q = json.loads(quality.read_text())
+        assert q["selection"] == "confidence" and q["threshold"] == threshold
+        assert q["coverage"] == (1.0 if expected == POLE else 0.0)
+    with pytest.raises(InputError, match="teacher_labels.selection"):
+        teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
+                           out_quality=quality, cfg={**base, "selection": "percentile", "threshold": 0.9},
+                           data=DATA, runtime=RUNTIME_T)
 
 
 # ---------------------------------------------------------------------------------------------

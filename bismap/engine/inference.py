@@ -218,8 +218,10 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray, *, mean, std, scal
 
 
 def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, mean, std,
-                       device: torch.device | str, workers: int = 0):
-    """Yield (name, file, prediction uint8 [H,W], label uint8 [H,W] or None) for every dataset item.
+                       device: torch.device | str, workers: int = 0, confidence: bool = False):
+    """Yield (name, file, prediction uint8 [H,W], label uint8 [H,W] or None, confidence) for every item.
+
+    `confidence`: the softmax probability of the predicted class (float32 [H,W]) when asked, else None.
 
     Like engine.inference.predict_dataset, but the argmax (at the label size) happens on the
     device: copying full-resolution 19-channel logits to the host per image would dominate.
@@ -238,5 +240,9 @@ def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, m
             if label is not None and tuple(logits.shape[-2:]) != tuple(label.shape):
                 logits = torch.nn.functional.interpolate(logits, size=tuple(label.shape), mode="bilinear",
                                                          align_corners=True)
-            pred = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-            yield item["name"], item.get("file", item["name"]), pred, label
+            if confidence:
+                conf, pred_t = torch.softmax(logits.float(), 1).max(1)
+                pred, conf = pred_t[0].to(torch.uint8).cpu().numpy(), conf[0].cpu().numpy()
+            else:
+                pred, conf = logits.argmax(1)[0].to(torch.uint8).cpu().numpy(), None
+            yield item["name"], item.get("file", item["name"]), pred, label, conf

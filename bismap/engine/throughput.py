@@ -13,6 +13,7 @@ view, a student forward on the strong view, CE + CE + KL. Prints iterations/s me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import tempfile
@@ -155,6 +156,23 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
             "peak_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None}
 
 
+@contextlib.contextmanager
+def _profiled(rows: int):
+    """torch.profiler around a run when rows > 0: the operators with the most self CPU time."""
+    if rows <= 0:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    for e in ops[:rows]:
+        print(f"PROFILE {e.key:36s} {e.self_cpu_time_total / 1e3:9.1f} ms {e.self_cpu_time_total / total:6.1%} "
+              f"calls {e.count}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setting", choices=sorted(SETTINGS) + ["all"], default="all")
@@ -167,13 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="override the crop size")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: CPU affinity)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="print the N operators with the most self CPU time (torch.profiler) of each run")
     a = p.parse_args(argv)
     settings = sorted(SETTINGS) if a.setting == "all" else [a.setting]
     devices = [a.device] if a.device != "auto" else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
     for d in devices:
         for s in settings:
-            r = run(s, d, a.iters, a.warmup, a.amp, a.threads, not a.no_channels_last, a.batch, a.crop)
+            with _profiled(a.profile):
+                r = run(s, d, a.iters, a.warmup, a.amp, a.threads, not a.no_channels_last, a.batch, a.crop)
             results.append(r)
             print("RESULT " + json.dumps(r), flush=True)
     if a.json:

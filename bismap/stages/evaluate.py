@@ -24,7 +24,7 @@ def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device,
     conf = ConfusionMatrix()
     n = len(dataset)
     every = max(n // 10, 1)
-    for k, (name, file, pred, label) in enumerate(
+    for k, (name, file, pred, label, _) in enumerate(
             predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
                                       device=device, workers=workers)):
         if label is None:

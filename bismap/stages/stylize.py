@@ -4,9 +4,9 @@ The low-frequency amplitude spectrum carries global colour/illumination style an
 carries structure, so swapping only the former restyles an image without moving its edges (the
 source labels stay valid).
 
-cfg (`stylize` slice): method ("fda"), beta (0.01: half-size of the swapped square is
-floor(beta*min(H,W)); 0 disables; at 128x256 a 0.01 square is only 3x3 coefficients, so the
-synthetic benchmark wants about 0.03-0.05), seed (which target image styles which source image).
+cfg (the `stylize` slice without `folder`, complete: defaults live in configs/schema.yaml): method
+("fda"), beta (the swapped square's half-size is floor(beta*min(H,W)) coefficients; 0 disables; a
+half-size of 0 swaps only the mean colour), seed (which target image styles which source image).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from bismap.io import InputError, atomic_dir
+from bismap.io import InputError, atomic_dir, check_keys
 
-DEFAULTS = {"method": "fda", "beta": 0.01, "seed": 0}
+KEYS = ("method", "beta", "seed")
 
 
 def fda_float(source: np.ndarray, target: np.ndarray, beta: float) -> np.ndarray:
@@ -58,10 +58,7 @@ def run(*, source: dict, target: dict, out_dir: str | os.PathLike, cfg: dict[str
 
     from bismap.data import open_dataset
 
-    cfg = {**DEFAULTS, **(cfg or {})}
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise InputError(f"stylize config: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    check_keys("stylize", cfg, KEYS)
     if cfg["method"] != "fda":
         raise InputError(f"stylize config: method must be 'fda', got {cfg['method']!r}")
     beta = float(cfg["beta"])

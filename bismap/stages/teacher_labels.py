@@ -1,8 +1,11 @@
 """Stage: hard target labels from the previous model, for a distillation round (Stage E, first half).
 
 As the original's inference.py: logits averaged over `scales` x {identity, flip}, argmax, no
-threshold (every pixel labelled). Optional AdaBN first re-estimates the batch-norm statistics on
-the target images (design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
+threshold (every pixel labelled: `selection: none`, the paper configs). `selection: confidence`
+departs from it: pixels whose softmax confidence is below `threshold` are left unlabelled (255),
+so the student's hard-label loss skips the teacher's likely mistakes (the KD term still sees every
+pixel). Optional AdaBN first re-estimates the batch-norm statistics on the target images
+(design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
 Labels are `<out_dir>/<image file name>` palette PNGs (written into a temporary folder renamed
 into place); the quality JSON scores them against target ground truth when it exists.
 """
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import predict_label_maps
-from bismap.engine.labelling import thread_record
+from bismap.engine.labelling import apply_selection, thread_record
 from bismap.engine.stage_setup import setup_device
 
 SECTION = "teacher_labels"
@@ -43,6 +46,9 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     device = setup_device(threads, runtime)
     scales = [float(s) for s in cfg["scales"]]
     flip = bool(cfg["flip"])
+    selection, threshold = str(cfg["selection"]), float(cfg["threshold"])
+    if selection not in ("none", "confidence"):
+        raise InputError(f"config: teacher_labels.selection must be 'none' or 'confidence', got {selection!r}")
     model = load_model(str(checkpoint), device=device, which="model")
     dataset = open_dataset(target)
     if len(dataset) == 0:
@@ -55,9 +61,12 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     every = max(n // 10, 1)
 
     def labelled(tmp: Path):
-        for k, (name, file, pred, _) in enumerate(
-                predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"],
-                                          std=data["std"], device=device, workers=int(runtime["workers"]))):
+        for k, (name, file, pred, _, conf) in enumerate(
+                predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
+                                   device=device, workers=int(runtime["workers"]),
+                                   confidence=selection == "confidence")):
+            if conf is not None:
+                pred = apply_selection(pred, conf, "confidence", threshold, None)
             save_label_png(tmp / file, pred)
             truth = None
             if gt is not None:
@@ -73,6 +82,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
 
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(labelled(tmp))
-    quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip,
+    quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip, "selection": selection,
+                    "threshold": threshold if selection == "confidence" else None,
                     "adabn": bool(cfg["adabn"]["enabled"]), **thread_record()})
     write_json(out_quality, quality)
