@@ -75,6 +75,14 @@ def synthetic_cfg():
     return {k: v for k, v in C("synthetic").items() if k != "enabled"}
 
 
+def teacher_labels_cfg():
+    """`teacher_labels` without `threshold` when nothing is selected, so editing it reruns nothing then."""
+    cfg = dict(C("teacher_labels"))
+    if cfg["selection"] == "none":
+        cfg.pop("threshold")
+    return cfg
+
+
 def stylize_cfg():
     """The FDA stage's slice: `stylize` without `folder` (only the workflow reads that)."""
     return {k: v for k, v in C("stylize").items() if k != "folder"}

@@ -46,7 +46,7 @@ rule teacher_labels:
     params:
         target=target_spec("train", labels="none"),
         target_gt=target_gt_spec(),
-        cfg=C("teacher_labels"),
+        cfg=teacher_labels_cfg(),
         data=data_cfg(),
     log:
         f"{LOGS}/teacher_labels_r{{r}}.log",

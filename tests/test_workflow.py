@@ -258,6 +258,8 @@ EXACT_RERUNS = [
     ("distillation: {rounds: 3}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1, "all": 1}),
     # A report key touches only the report.
     ("report: {samples: 1}\n", {"report": 1, "all": 1}),
+    # The teacher-label threshold is read only with selection: confidence (default none): nothing reruns.
+    ("teacher_labels: {threshold: 0.5}\n", {}),
     # Another val split: its preflight part and every evaluation, no training.
     ("data: {target: {val_split: train}}\n", {"preflight": 1, "evaluate": 6, "report": 1, "all": 1}),
     # A rerun preflight part never hides other reruns (an ancient() edge to one preflight for

@@ -46,7 +46,8 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     device = setup_device(threads, runtime)
     scales = [float(s) for s in cfg["scales"]]
     flip = bool(cfg["flip"])
-    selection, threshold = str(cfg["selection"]), float(cfg["threshold"])
+    selection = str(cfg["selection"])
+    threshold = float(cfg["threshold"]) if selection == "confidence" else None  # the rule drops it for none
     if selection not in ("none", "confidence"):
         raise InputError(f"config: teacher_labels.selection must be 'none' or 'confidence', got {selection!r}")
     model = load_model(str(checkpoint), device=device, which="model")
@@ -83,6 +84,6 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(labelled(tmp))
     quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip, "selection": selection,
-                    "threshold": threshold if selection == "confidence" else None,
+                    "threshold": threshold,
                     "adabn": bool(cfg["adabn"]["enabled"]), **thread_record()})
     write_json(out_quality, quality)
