@@ -30,9 +30,9 @@ def _as_number(text, integer):
 
 
 def coerce_numbers(cfg, node, root):
-    """Numbers that arrive as strings where the schema wants a number: Snakemake hands nested `--config`
-    values over as strings ('0.5'), and YAML 1.1 reads `1e-3` (no dot) as a string. Converted in place;
-    anything that is not a number is left for the validator to report."""
+    """Numbers, booleans and nulls that arrive as strings where the schema wants one: Snakemake hands
+    nested `--config` values over as strings ('0.5', 'true', 'null'), and YAML 1.1 reads `1e-3` (no dot)
+    as a string. Converted in place; anything else is left for the validator to report."""
     node = _resolve(node, root)
     if not isinstance(node, dict):
         return cfg
@@ -45,7 +45,14 @@ def coerce_numbers(cfg, node, root):
     if isinstance(cfg, list) and isinstance(node.get("items"), dict):
         return [coerce_numbers(v, node["items"], root) for v in cfg]
     types = _types(node)
-    if isinstance(cfg, str) and "string" not in types and types & {"number", "integer"}:
+    if not isinstance(cfg, str) or "string" in types:
+        return cfg
+    word = cfg.strip().lower()
+    if "boolean" in types and word in ("true", "false"):
+        return word == "true"
+    if "null" in types and word in ("null", "none", "~"):
+        return None
+    if types & {"number", "integer"}:
         value = _as_number(cfg, "number" not in types)
         return cfg if value is None else value
     return cfg

@@ -327,6 +327,20 @@ def test_fault6_yaml11_exponent_is_a_number(wf) -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
 
 
+def test_fault6_nested_booleans_and_nulls_from_the_command_line(wf) -> None:
+    from test_workflow import snakemake
+
+    # Snakemake hands nested --config values over as text: 'true' and 'null' must still validate
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml", "--config",
+                     "teacher_labels={scales: [1.0], flip: true, adabn: {enabled: false}}",
+                     "pseudo_labels={threshold: null}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml", "--config",
+                     "teacher_labels={flip: maybe}")
+    assert proc.returncode != 0
+    assert "teacher_labels.flip: 'maybe' is not of type 'boolean'" in proc.stdout + proc.stderr
+
+
 def test_fault6_a_bad_number_says_how_to_write_it(wf) -> None:
     from test_workflow import snakemake
 
