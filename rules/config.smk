@@ -103,5 +103,18 @@ def check_data_source(cfg, schema):
 
 
 
+def check_scaling(cfg):
+    """Values that mean nothing at this data size or schedule length (bismap.workflow.config_checks)."""
+    root = str(Path(workflow.main_snakefile).parent)
+    if root not in sys.path:  # the package beside the Snakefile, also when snakemake runs from another env
+        sys.path.insert(0, root)
+    from bismap.workflow.config_checks import scale_problems
+
+    problems = scale_problems(cfg)
+    if problems:
+        raise WorkflowError("Invalid config: " + "; ".join(problems))
+
+
 validate_config(config, "../configs/schema.yaml")
 check_data_source(config, "../configs/schema.yaml")
+check_scaling(config)

@@ -341,6 +341,19 @@ def test_fault6_nested_booleans_and_nulls_from_the_command_line(wf) -> None:
     assert "teacher_labels.flip: 'maybe' is not of type 'boolean'" in proc.stdout + proc.stderr
 
 
+def test_values_that_do_not_scale_stop_the_workflow_before_any_job(wf) -> None:
+    from test_workflow import snakemake
+
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml", "--config",
+                     "self_training={consistency: {ema_decay: 0.999}}")
+    assert proc.returncode != 0
+    assert "self_training.consistency: ema_decay 0.999 averages over ~1000 iterations but self-training runs 2" \
+        in proc.stdout + proc.stderr
+    proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml", "--config", "stylize={beta: 0.01}")
+    assert proc.returncode != 0
+    assert "stylize.beta 0.01 gives an FDA band of 0 coefficients at 32x64" in proc.stdout + proc.stderr
+
+
 def test_fault6_a_bad_number_says_how_to_write_it(wf) -> None:
     from test_workflow import snakemake
 

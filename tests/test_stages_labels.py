@@ -136,6 +136,20 @@ def test_source_features_keeps_correct_pixels_only(tiny, colour_model) -> None:
         assert np.array_equal(first, f["class_2"][()])  # seeded
 
 
+def test_min_per_class_keeps_a_starved_class_unthinned(tiny, colour_model) -> None:
+    tmp_path, ckpt, src, _, _ = tiny
+    with h5py.File(_features(tmp_path, ckpt, src), "r") as f:
+        n_road, car = f["class_0"].shape[0], f["class_13"][()]
+    thinned = [0.1] + [1.0] * 18
+    with h5py.File(_features(tmp_path, ckpt, src, class_fractions=thinned, min_per_class=0), "r") as f:
+        assert f["class_0"].shape[0] == pytest.approx(n_road / 10, rel=0.5) and not f["class_0"].attrs["unthinned"]
+        assert np.array_equal(f["class_13"][()], car)
+    with h5py.File(_features(tmp_path, ckpt, src, class_fractions=thinned, min_per_class=n_road), "r") as f:
+        assert f["class_0"].shape[0] == n_road and f["class_0"].attrs["unthinned"]  # every correct road pixel
+        assert np.array_equal(f["class_13"][()], car) and not f["class_13"].attrs["unthinned"]
+        assert f.attrs["min_per_class"] == n_road
+
+
 def test_reservoir_is_uniform_and_capped() -> None:
     from bismap.stages.source_features import ClassReservoir
 

@@ -44,10 +44,15 @@ def test_stage_writes_same_names(tmp_path):
     Image.fromarray(np.full((16, 24, 3), 200, np.uint8)).save(t)
     spec_s = {"dataset": "gta5", "root": str(tmp_path / "src")}
     spec_t = {"dataset": "cityscapes", "root": str(tmp_path / "tgt"), "split": "train"}
-    run(source=spec_s, target=spec_t, out_dir=tmp_path / "out", cfg={"method": "fda", "beta": 0.1, "seed": 0})
+    run(source=spec_s, target=spec_t, out_dir=tmp_path / "out", cfg={"method": "fda", "beta": 0.125, "seed": 0})
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["00001.png", "00002.png"]
     out = np.asarray(Image.open(tmp_path / "out" / "00001.png"))
     assert out.shape == (8, 12, 3) and abs(float(out.mean()) - 200) < 1  # constant image: DC swap = target colour
     with pytest.raises(InputError, match="unknown key"):
         run(source=spec_s, target=spec_t, out_dir=tmp_path / "o2", cfg={"method": "fda", "betta": 0.1, "seed": 0})
+    # 0.1 x 8 rows = a band of 0 coefficients: refused, naming the image and the smallest working beta
+    with pytest.raises(InputError, match=r"src/images/00001\.png: stylize\.beta 0\.1 gives an FDA band of 0 "
+                                         r"coefficients at 8x12 .* stylize\.beta >= 0\.125 for a band of 1"):
+        run(source=spec_s, target=spec_t, out_dir=tmp_path / "o3", cfg={"method": "fda", "beta": 0.1, "seed": 0})
+    assert not (tmp_path / "o3").exists()
