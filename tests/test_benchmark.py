@@ -91,8 +91,8 @@ SUMMARY_K1 = ("Building DAG of jobs...\n" + H
               + f"results/x/prototypes/gmm.h5\t{D}\tfit_prototypes\tlogs/f.log\tbank.h5\t\tparams changed\tupdate pending\n"
               + f"results/x/models/warmup.pt\t{D}\twarmup\tlogs/w.log\tsrc\t\tok\tno update\n")
 # ... when outputs are missing.
-SUMMARY_MISSING = (H + f"results/x/models/warmup.pt\t-\twarmup\t-\t-\t-\tmissing\tupdate pending\n"
-                   + f"results/x/data/done\t-\tsynthetic_data\t-\t-\t-\tmissing\tupdate pending\n"
+SUMMARY_MISSING = (H + "results/x/models/warmup.pt\t-\twarmup\t-\t-\t-\tmissing\tupdate pending\n"
+                   + "results/x/data/done\t-\tsynthetic_data\t-\t-\t-\tmissing\tupdate pending\n"
                    + f"results/x/models/st.pt\t{D}\tself_training\tlogs/s.log\ta\t\tok\tupdate pending\n")
 # ... for a finished run Snakemake keeps no provenance records of (input-file(s) is "-").
 SUMMARY_NO_RECORDS = (H + f"results/x/prototypes/gmm.h5\t{D}\tfit_prototypes\t-\t-\t-\tok\tno update\n")

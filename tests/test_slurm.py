@@ -12,7 +12,6 @@ Run:  .venv/bin/python -m pytest tests/test_slurm.py -m slurm -v
 from __future__ import annotations
 
 import filecmp
-import json
 import os
 import re
 import shutil
