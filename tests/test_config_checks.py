@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bismap.workflow.config_checks import ema_problem, fda_band, fda_problem
+from bismap.stages.stylize import fda_band, fda_problem
+from bismap.workflow.config_checks import ema_problem
 
 
 def test_fda_band_is_the_originals_floor() -> None:

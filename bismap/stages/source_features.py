@@ -17,8 +17,6 @@ Also home of the small inference helpers the other D stages share (batching, for
 from __future__ import annotations
 
 import os
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,13 +87,6 @@ def thin(rows: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Ten
     if fraction < 1.0:
         rows = rows[(torch.rand(rows.shape[0], generator=gen) < fraction).to(rows.device)]
     return rows.cpu()
-
-
-def select_pixels(feat: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, fractions: Sequence[float],
-                  gen: torch.Generator) -> dict[int, torch.Tensor]:
-    """correct_pixels thinned by class: each row of class c kept with probability fractions[c] (CPU rows)."""
-    out = {c: thin(rows, float(fractions[c]), gen) for c, rows in correct_pixels(feat, logits, labels).items()}
-    return {c: rows for c, rows in out.items() if len(rows)}
 
 
 # ----------------------------------------------------------------------------- stage

@@ -12,6 +12,7 @@ that gives a band (the paper's 0.01 is a band of 7-10 at 720-1024 rows, of 0 at 
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,23 @@ from typing import Any
 import numpy as np
 
 from bismap.io import InputError, atomic_dir, check_keys
-from bismap.workflow.config_checks import fda_band, fda_problem
 
 KEYS = ("method", "beta", "seed")
+
+
+def fda_band(beta: float, height: int, width: int) -> int:
+    """Half-size of the FDA square of swapped low frequencies, as the original: floor(beta * min(H, W))."""
+    return int(math.floor(beta * min(height, width)))
+
+
+def fda_problem(beta: float, height: int, width: int, where: str) -> str | None:
+    """A message when `beta` > 0 swaps no frequency band at this image size (only the mean colour)."""
+    if beta <= 0 or fda_band(beta, height, width) > 0:
+        return None
+    need = math.ceil(1e4 / min(height, width)) / 1e4
+    return (f"{where}: stylize.beta {beta} gives an FDA band of 0 coefficients at {height}x{width} "
+            f"(floor(beta x {min(height, width)})), so only the mean colour would be swapped; set "
+            f"stylize.beta >= {need} for a band of 1, or stylize.method: none to switch stylizing off")
 
 
 def fda_float(source: np.ndarray, target: np.ndarray, beta: float) -> np.ndarray:

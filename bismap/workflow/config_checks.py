@@ -8,20 +8,7 @@ from __future__ import annotations
 
 import math
 
-
-def fda_band(beta: float, height: int, width: int) -> int:
-    """Half-size of the FDA square of swapped low frequencies, as the original: floor(beta * min(H, W))."""
-    return int(math.floor(beta * min(height, width)))
-
-
-def fda_problem(beta: float, height: int, width: int, where: str) -> str | None:
-    """A message when `beta` > 0 swaps no frequency band at this image size (only the mean colour)."""
-    if beta <= 0 or fda_band(beta, height, width) > 0:
-        return None
-    need = math.ceil(1e4 / min(height, width)) / 1e4
-    return (f"{where}: stylize.beta {beta} gives an FDA band of 0 coefficients at {height}x{width} "
-            f"(floor(beta x {min(height, width)})), so only the mean colour would be swapped; set "
-            f"stylize.beta >= {need} for a band of 1, or stylize.method: none to switch stylizing off")
+from bismap.stages.stylize import fda_problem  # the stage owns the band's definition
 
 
 def ema_problem(decay: float, iterations: int, where: str) -> str | None:
