@@ -226,6 +226,27 @@ def test_percentile_selection_leaves_requested_share() -> None:
         assert kept[c] / total[c] == pytest.approx(0.30, abs=0.01)
 
 
+def test_balanced_selection_keeps_every_confident_pixel_and_the_top_of_unsure_classes() -> None:
+    from bismap.engine.labelling import apply_selection, balanced_thresholds, percentile_thresholds, sample_scores
+
+    rng = np.random.default_rng(1)
+    # class 2: the network is sure (scores near 0.97); class 5: never above 0.8; class 9: unseen in the pools
+    lab = rng.choice([2, 5], size=(40, 50), p=[0.8, 0.2]).astype(np.uint8)
+    sc = np.where(lab == 2, rng.uniform(0.85, 1.0, lab.shape), rng.uniform(0.3, 0.8, lab.shape))
+    pools: dict = {}
+    sample_scores(lab, sc, None, rng, pools)
+    thr = balanced_thresholds(percentile_thresholds(pools, 50.0), 0.9)
+    assert thr[2] == 0.9 and thr[5] == pytest.approx(np.median(sc[lab == 5]), abs=1e-9)
+    out = apply_selection(lab, sc, "balanced", 0.9, thr)
+    confident = apply_selection(lab, sc, "confidence", 0.9, None)
+    assert np.all(out[confident != 255] == confident[confident != 255])  # a superset of the global threshold
+    assert (out == 5).sum() == pytest.approx(0.5 * (lab == 5).sum(), abs=1)  # half of the unsure class
+    assert (confident == 5).sum() == 0
+    lab[0, 0], sc[0, 0], lab[0, 1], sc[0, 1] = 9, 0.95, 9, 0.5  # no class threshold: the global one applies
+    out = apply_selection(lab, sc, "balanced", 0.9, thr)
+    assert out[0, 0] == 9 and out[0, 1] == 255
+
+
 def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:
     from bismap.stages import fit_prototypes, pseudo_labels
 
@@ -254,6 +275,15 @@ def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:
                                               adabn=NO_ADABN))
         quality = json.loads(q.read_text())
         assert quality["coverage"] == pytest.approx(cov) and quality["accuracy"] is None
+    # balanced: confidence thresholds per class, none above the global one (null = 0.9)
+    pseudo_labels.run(checkpoint=ckpt, prototypes=gmm, target=tgt, target_gt=tgt_gt, out_dir=out_dir,
+                      out_quality=q, data=DATA, runtime=RUNTIME,
+                      cfg=schema_defaults("pseudo_labels", rule="agree", selection="balanced", percentile=50.0,
+                                          adabn=NO_ADABN))
+    quality = json.loads(q.read_text())
+    thresholds = quality["class_thresholds"]
+    assert set(thresholds) and all(0.0 < t <= 0.9 for t in thresholds.values())
+    assert quality["coverage"] >= 0.5 - 0.02
 
 
 def test_naive_labels_confidence_and_percentile(tiny, colour_model) -> None:

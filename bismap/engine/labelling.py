@@ -1,8 +1,11 @@
 """Target label selection shared by the naive baseline and the GMM pseudo labels.
 
 A predictor maps a dataset item to (label, score) per pixel; pixels are rejected (255) by a
-global score threshold or per class below the class's percentile (a first pass pools a seeded
-sample of scores per class), then labels are saved and scored against ground truth.
+global score threshold, per class below the class's percentile (a first pass pools a seeded
+sample of scores per class), or `balanced`: below the lower of the two, so a class the network
+is rarely sure of still keeps its most confident pixels (class-balanced self-training, CBST),
+while every pixel the global threshold keeps stays. Labels are then saved and scored against
+ground truth.
 """
 from __future__ import annotations
 
@@ -32,15 +35,21 @@ def percentile_thresholds(scores: dict[int, list[np.ndarray]], percentile: float
     return out
 
 
+def balanced_thresholds(class_thresholds: dict[int, float], threshold: float) -> dict[int, float]:
+    """Per class: min(global threshold, the class's percentile threshold)."""
+    return {c: min(float(threshold), t) for c, t in class_thresholds.items()}
+
+
 def apply_selection(label: np.ndarray, score: np.ndarray, mode: str, threshold: float,
                     class_thresholds: dict[int, float] | None) -> np.ndarray:
-    """Set rejected pixels to 255: global `score < threshold`, or per class `score < class_thresholds[c]`."""
+    """Set rejected pixels to 255: global `score < threshold`, or per class `score < class_thresholds[c]`
+    (a class without one: every pixel rejected in percentile mode, the global threshold in balanced)."""
     out = label.copy()
     if mode in ("loglik", "confidence"):
         out[score < threshold] = IGNORE
-    elif mode == "percentile":
+    elif mode in ("percentile", "balanced"):
         assert class_thresholds is not None
-        thr = np.full(256, np.inf)
+        thr = np.full(256, np.inf if mode == "percentile" else float(threshold))
         for c, t in class_thresholds.items():
             thr[c] = t
         out[score < thr[label]] = IGNORE
@@ -92,7 +101,7 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
     from bismap.evaluation.quality import label_quality
 
     class_thr = None
-    if mode == "percentile":
+    if mode in ("percentile", "balanced"):
         pools: dict[int, list[np.ndarray]] = {}
         for i in range(len(ds)):
             label, score = predict(ds[i])
@@ -100,7 +109,9 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
             if (i + 1) % 10 == 0 or i + 1 == len(ds):
                 print(f"{stage}: percentile pass {i + 1}/{len(ds)}", flush=True)
         class_thr = percentile_thresholds(pools, percentile)
-        print(f"{stage}: per-class thresholds at percentile {percentile}: "
+        if mode == "balanced":
+            class_thr = balanced_thresholds(class_thr, threshold)
+        print(f"{stage}: per-class thresholds ({mode}, percentile {percentile}): "
               + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(class_thr.items())), flush=True)
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(_quality_pairs(ds, gt_ds, predict, mode, threshold, class_thr, Path(tmp), stage))
@@ -136,11 +147,13 @@ def selection_settings(cfg: dict, default_mode: str, default_threshold: float,
                        allowed: tuple[str, ...] = ()) -> tuple[str, float, float, int | None, int]:
     mode = str(cfg["selection"])
     modes = (default_mode, "percentile", *allowed)
+    # balanced caps confidence percentiles at the confidence threshold: a softmax scale
+    confidence_scale = mode in ("confidence", "balanced")
     if mode not in modes:
         raise InputError(f"config: selection must be one of {', '.join(map(repr, modes))}, got {mode!r}")
     sp = cfg["sample_pixels"]
     thr = cfg["threshold"]
     # threshold null: the mode's own scale (softmax 0.9, or the caller's default: the original's tau = 100)
-    threshold = (DEFAULT_CONFIDENCE if mode == "confidence" else float(default_threshold)) if thr is None else float(thr)
+    threshold = (DEFAULT_CONFIDENCE if confidence_scale else float(default_threshold)) if thr is None else float(thr)
     return (mode, threshold, float(cfg["percentile"]), None if sp is None else int(sp),
             int(cfg["seed"]))

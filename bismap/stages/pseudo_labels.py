@@ -135,11 +135,11 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     dim = int(getattr(model, "feature_dim", meta.get("feature_dim", 0)))
     if meta.get("feature_dim") is not None and int(meta["feature_dim"]) != dim:
         raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
-    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence",))
+    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence", "balanced"))
     rule = str(cfg["rule"])
     predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
                             chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
-                            rule=rule, score="confidence" if mode == "confidence" else "loglik")
+                            rule=rule, score="confidence" if mode in ("confidence", "balanced") else "loglik")
     print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
           f"selection {mode}", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,
