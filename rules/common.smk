@@ -76,10 +76,13 @@ def synthetic_cfg():
 
 
 def teacher_labels_cfg():
-    """`teacher_labels` without `threshold` when nothing is selected, so editing it reruns nothing then."""
+    """`teacher_labels` without the selection keys its `selection` ignores, so editing them reruns nothing."""
     cfg = dict(C("teacher_labels"))
     if cfg["selection"] == "none":
         cfg.pop("threshold")
+    if cfg["selection"] != "balanced":
+        for key in ("percentile", "sample_pixels", "seed"):
+            cfg.pop(key)
     return cfg
 
 

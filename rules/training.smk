@@ -69,6 +69,7 @@ rule distillation:
         target_root=TARGET_ROOT,
         teacher_labels=f"{RESULTS}/labels/teacher_r{{r}}",
         teacher_checkpoint=lambda wildcards: previous_model(wildcards.r),
+        **init_input("distillation"),
         **stm_input("distillation"),
         **weights_input("student_weights", C("distillation/student_weights") or C("model/weights")),
     output:

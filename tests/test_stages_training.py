@@ -393,6 +393,27 @@ def test_distillation_init_teacher_copies_the_teacher(tiny) -> None:
             assert torch.equal(got[k], v), k
 
 
+def test_distillation_init_warmup_starts_from_the_warmup_not_the_teacher(tiny) -> None:
+    """init: warmup copies the warm-up checkpoint (here class SKY), not the teacher (ROAD)."""
+    from bismap.stages import distillation
+
+    teacher = constant_checkpoint(tiny["tmp"] / "teacher_w.pt", ROAD)
+    warm = constant_checkpoint(tiny["tmp"] / "warmup_w.pt", SKY)
+    target = write_labels(tiny["tmp"] / "teacher_labels_w", tiny["target"],
+                          lambda it: np.full((H, W), ROAD, np.uint8))
+    cfg = {**dill_cfg("kl", use_stm=False), "init": "warmup"}
+    out = tiny["tmp"] / "dill_w.pt"
+    distillation.run(source=tiny["source"], target=target, stm_maps=None, teacher_checkpoint=teacher,
+                     out_checkpoint=out, model=MODEL, train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT,
+                     cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1, init_checkpoint=warm)
+    got = torch.load(out, weights_only=True)["model"]["decoder.classifier.bias"]
+    assert int(got.argmax()) == SKY
+    with pytest.raises(InputError, match="warm-up checkpoint"):
+        distillation.run(source=tiny["source"], target=target, stm_maps=None, teacher_checkpoint=teacher,
+                         out_checkpoint=tiny["tmp"] / "dill_w2.pt", model=MODEL, train=train_cfg(1), augment=AUGMENT,
+                         cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1)
+
+
 def test_student_model_config() -> None:
     from bismap.stages.distillation import student_model_config
 
@@ -450,6 +471,16 @@ def test_teacher_labels_confidence_selection_leaves_unsure_pixels_unlabelled(tin
         q = json.loads(quality.read_text())
         assert q["selection"] == "confidence" and q["threshold"] == threshold
         assert q["coverage"] == (1.0 if expected == POLE else 0.0)
+    # balanced: the class's own percentile caps the threshold, so a class the teacher is never
+    # 0.9995 sure of keeps its pixels (here every pixel has the same confidence: all kept)
+    teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=out_dir,
+                       out_quality=quality, cfg={**base, "selection": "balanced", "threshold": 0.9995,
+                                                 "percentile": 20.0, "sample_pixels": 100, "seed": 0},
+                       data=DATA, runtime=RUNTIME_T)
+    for f in out_dir.iterdir():
+        assert np.all(read_label_png(f) == POLE)
+    q = json.loads(quality.read_text())
+    assert q["coverage"] == 1.0 and q["class_thresholds"][str(POLE)] == pytest.approx(0.99918, abs=1e-5)
     with pytest.raises(InputError, match="teacher_labels.selection"):
         teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
                            out_quality=quality, cfg={**base, "selection": "percentile", "threshold": 0.9},

@@ -258,8 +258,12 @@ EXACT_RERUNS = [
     ("distillation: {rounds: 3}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1, "all": 1}),
     # A report key touches only the report.
     ("report: {samples: 1}\n", {"report": 1, "all": 1}),
-    # The teacher-label threshold is read only with selection: confidence (default none): nothing reruns.
-    ("teacher_labels: {threshold: 0.5}\n", {}),
+    # A teacher-label key: both rounds' labels (round 2's teacher is round 1's student), both rounds.
+    ("teacher_labels: {percentile: 30.0}\n", {"teacher_labels": 2, "distillation": 2, "evaluate": 2, "report": 1,
+                                             "all": 1}),
+    # The teacher labels' sampling knob is a param too (it moves the per-class thresholds).
+    ("teacher_labels: {sample_pixels: 50}\n", {"teacher_labels": 2, "distillation": 2, "evaluate": 2, "report": 1,
+                                              "all": 1}),
     # Another val split: its preflight part and every evaluation, no training.
     ("data: {target: {val_split: train}}\n", {"preflight": 1, "evaluate": 6, "report": 1, "all": 1}),
     # A rerun preflight part never hides other reruns (an ancient() edge to one preflight for

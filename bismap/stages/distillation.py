@@ -4,7 +4,9 @@ A student learns from STM-weighted source CE, symmetric CE on the teacher's hard
 distillation term against the frozen teacher's logits on the same weak target crop. No EMA and
 no consistency term, as in the original. `init: fresh` builds the student fresh (backbone from
 `distillation.student_weights`, e.g. SimCLRv2 R101-1x-SK0, and a fresh head), as the original;
-`init: teacher` starts it as a copy of the teacher (the embedded from-scratch default). `kd.variant: kl` is a true KL(teacher || student);
+`init: teacher` starts it as a copy of the teacher (the embedded from-scratch default); `init: warmup`
+starts every round's student from the source-only warm-up, so a round cannot compound its
+teacher's drift by fine-tuning it on its own labels. `kd.variant: kl` is a true KL(teacher || student);
 `original` reproduces the original's probabilities-as-log-probabilities term (see losses).
 """
 from __future__ import annotations
@@ -52,8 +54,9 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_checkpoint: str | Path,
         out_checkpoint: str | Path, model: dict, train: dict, augment: dict, cfg: dict, data: dict, runtime: dict,
-        threads: int = 1) -> None:
-    """Distil the frozen teacher into a student (fresh, or a copy of the teacher); writes the final-iteration checkpoint."""
+        threads: int = 1, init_checkpoint: str | Path | None = None) -> None:
+    """Distil the frozen teacher into a student (fresh, a copy of the teacher, or the warm-up at
+    `init_checkpoint`); writes the final-iteration checkpoint."""
     from bismap.engine import checkpoint, trainer
 
     device = setup_device(threads, runtime)
@@ -76,21 +79,23 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_chec
         "target": build_stream(tgt_view, train, runtime, seed=derive_seed(seed, "target-stream")),
     }
     init = str(cfg["init"])
-    if init not in ("fresh", "teacher"):
-        raise InputError(f"config: `{SECTION}.init` must be 'fresh' or 'teacher', got {init!r}")
-    if init == "teacher" and (cfg["student_weights"] or cfg["student_backbone"]):
-        raise InputError(f"config: `{SECTION}.init: teacher` copies the teacher, so `student_weights` and "
+    if init not in ("fresh", "teacher", "warmup"):
+        raise InputError(f"config: `{SECTION}.init` must be 'fresh', 'teacher' or 'warmup', got {init!r}")
+    if init != "fresh" and (cfg["student_weights"] or cfg["student_backbone"]):
+        raise InputError(f"config: `{SECTION}.init: {init}` copies a trained model, so `student_weights` and "
                          "`student_backbone` must be null (use `init: fresh` for a SimCLR student)")
+    if init == "warmup" and init_checkpoint is None:
+        raise InputError(f"{SECTION}: `init` is 'warmup' but no warm-up checkpoint was given")
     student_cfg = student_model_config(model, cfg)
     net = build_seeded_model(student_cfg, seed)
     if init == "teacher":
         init_from_checkpoint(net, teacher_checkpoint, stage=SECTION)
-    fp = fingerprint(stage="distillation", source=spec_signature(source),
-                            target=spec_signature(target), stm=path_signature(stm),
-                            teacher=path_signature(teacher_checkpoint), model=student_cfg,
-                            train=train, augment=augment,
-                            cfg=cfg,
-                            data=data)
+    elif init == "warmup":
+        init_from_checkpoint(net, init_checkpoint, stage=SECTION)
+    warm_start = {"init": path_signature(init_checkpoint)} if init == "warmup" else {}
+    fp = fingerprint(stage="distillation", source=spec_signature(source), target=spec_signature(target),
+                     stm=path_signature(stm), teacher=path_signature(teacher_checkpoint), model=student_cfg,
+                     train=train, augment=augment, cfg=cfg, data=data, **warm_start)
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg, teacher), streams=streams,
                 train_cfg=train, out_checkpoint=Path(out_checkpoint), fingerprint=fp,
                 log_every=runtime["log_every"], checkpoint_every=runtime["checkpoint_every"],

@@ -4,7 +4,10 @@ As the original's inference.py: logits averaged over `scales` x {identity, flip}
 threshold (every pixel labelled: `selection: none`, the paper configs). `selection: confidence`
 departs from it: pixels whose softmax confidence is below `threshold` are left unlabelled (255),
 so the student's hard-label loss skips the teacher's likely mistakes (the KD term still sees every
-pixel). Optional AdaBN first re-estimates the batch-norm statistics on the target images
+pixel). `selection: balanced` is the pseudo labels' class-balanced rule (engine.labelling): a first
+pass pools sampled confidences per predicted class, then a pixel stays when its confidence reaches
+the lower of `threshold` and its class's `percentile`, so a class the teacher is rarely sure of keeps
+its most confident pixels. Optional AdaBN first re-estimates the batch-norm statistics on the target images
 (design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
 Labels are `<out_dir>/<image file name>` palette PNGs (written into a temporary folder renamed
 into place); the quality JSON scores them against target ground truth when it exists.
@@ -13,9 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import predict_label_maps
-from bismap.engine.labelling import apply_selection, thread_record
+from bismap.engine.labelling import (apply_selection, balanced_thresholds, percentile_thresholds,
+                                     sample_scores, thread_record)
 from bismap.engine.stage_setup import setup_device
 
 SECTION = "teacher_labels"
@@ -47,9 +53,11 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     scales = [float(s) for s in cfg["scales"]]
     flip = bool(cfg["flip"])
     selection = str(cfg["selection"])
-    threshold = float(cfg["threshold"]) if selection == "confidence" else None  # the rule drops it for none
-    if selection not in ("none", "confidence"):
-        raise InputError(f"config: teacher_labels.selection must be 'none' or 'confidence', got {selection!r}")
+    selects = selection != "none"
+    threshold = float(cfg["threshold"]) if selects else None  # the rule drops it for none
+    if selection not in ("none", "confidence", "balanced"):
+        raise InputError(f"config: teacher_labels.selection must be 'none', 'confidence' or 'balanced', "
+                         f"got {selection!r}")
     model = load_model(str(checkpoint), device=device, which="model")
     dataset = open_dataset(target)
     if len(dataset) == 0:
@@ -61,13 +69,27 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     n = len(dataset)
     every = max(n // 10, 1)
 
+    def predictions():
+        return predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
+                                  device=device, workers=int(runtime["workers"]), confidence=selects)
+
+    class_thr = None
+    if selection == "balanced":
+        sp = cfg["sample_pixels"]
+        pools: dict[int, list[np.ndarray]] = {}
+        for k, (_, _, pred, _, conf) in enumerate(predictions()):
+            sample_scores(pred, conf, None if sp is None else int(sp),
+                          np.random.default_rng([int(cfg["seed"]), k]), pools)
+            if (k + 1) % every == 0 or k + 1 == n:
+                print(f"teacher labels: percentile pass {k + 1}/{n} images", flush=True)
+        class_thr = balanced_thresholds(percentile_thresholds(pools, float(cfg["percentile"])), threshold)
+        print("teacher labels: per-class thresholds " + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(class_thr.items())),
+              flush=True)
+
     def labelled(tmp: Path):
-        for k, (name, file, pred, _, conf) in enumerate(
-                predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
-                                   device=device, workers=int(runtime["workers"]),
-                                   confidence=selection == "confidence")):
-            if conf is not None:
-                pred = apply_selection(pred, conf, "confidence", threshold, None)
+        for k, (name, file, pred, _, conf) in enumerate(predictions()):
+            if selects:
+                pred = apply_selection(pred, conf, selection, threshold, class_thr)
             save_label_png(tmp / file, pred)
             truth = None
             if gt is not None:
@@ -85,5 +107,6 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
         quality = label_quality(labelled(tmp))
     quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip, "selection": selection,
                     "threshold": threshold,
+                    **({"class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}} if class_thr else {}),
                     "adabn": bool(cfg["adabn"]["enabled"]), **thread_record()})
     write_json(out_quality, quality)
