@@ -390,6 +390,12 @@ def class_log_likelihood(gmms: dict[int, DiagonalGMM], x: torch.Tensor, num_clas
 PROTOTYPES_FORMAT = "bismap-gmm/1"  # the file fit_prototypes writes
 
 
+def unit_rows(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Feature vectors scaled to unit L2 length along `dim` (`prototypes.normalize`): the GMMs then
+    model the direction of a feature, not its magnitude, which varies with image contrast across domains."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+
+
 def load_prototypes(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[int, DiagonalGMM], dict]:
     """Read a prototypes file written by run(): ({class: fitted GMM}, the raw dict)."""
     obj = load_torch_file(path, PROTOTYPES_FORMAT, "prototypes file")

@@ -75,6 +75,14 @@ def synthetic_cfg():
     return {k: v for k, v in C("synthetic").items() if k != "enabled"}
 
 
+def prototypes_cfg():
+    """`prototypes` without `normalize` while it is off, so the runs made before the key existed stay valid."""
+    cfg = dict(C("prototypes"))
+    if not cfg["normalize"]:
+        cfg.pop("normalize")
+    return cfg
+
+
 def teacher_labels_cfg():
     """`teacher_labels` without the selection keys its `selection` ignores, so editing them reruns nothing."""
     cfg = dict(C("teacher_labels"))

@@ -33,7 +33,7 @@ rule fit_prototypes:
     output:
         out_path=f"{RESULTS}/prototypes/gmm.pt",
     params:
-        cfg=C("prototypes"),
+        cfg=prototypes_cfg(),
     log:
         f"{LOGS}/fit_prototypes.log",
     benchmark:

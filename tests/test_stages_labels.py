@@ -338,6 +338,50 @@ def test_missing_inputs_name_the_file(tmp_path) -> None:
                           data=DATA, runtime=RUNTIME)
 
 
+def test_normalized_prototypes_score_unit_length_features(tmp_path) -> None:
+    """prototypes.normalize: the fit sees unit rows and records it; the scorer scales each pixel
+    feature to unit length first (here the output size equals the feature size, so upsampling is
+    the identity and the result must equal scoring pre-normalised features the plain way)."""
+    from bismap.prototypes import DiagonalGMM, unit_rows
+    from bismap.stages import fit_prototypes
+    from bismap.stages.pseudo_labels import gmm_predictor
+
+    rng = np.random.default_rng(0)
+    bank = tmp_path / "bank.h5"
+    with h5py.File(bank, "w") as f:
+        for c in range(19):
+            n = 300 if c in (0, 1) else 0
+            direction = np.eye(3, dtype=np.float32)[c % 3]
+            rows = direction * rng.uniform(1, 20, size=(n, 1)) + rng.normal(0, 0.05, size=(n, 3))
+            f.create_dataset(f"class_{c}", data=rows.astype(np.float32))
+    out = tmp_path / "gmm.pt"
+    fit_prototypes.run(features_h5=bank, out_path=out, cfg=proto_cfg(components=2, normalize=True, seed=0,
+                                                                    kmeans_n_init=2))
+    gmms, meta = load_prototypes(out)
+    assert meta["normalize"] is True
+    assert torch.allclose(gmms[0].means_.norm(dim=1), torch.ones(2, dtype=gmms[0].means_.dtype), atol=0.05)
+
+    feat = torch.tensor(rng.normal(0, 1, size=(1, 3, 4, 5)) * 10, dtype=torch.float32)
+    feat[0, :, 0, 0] = torch.tensor([0.0, 30.0, 0.1])  # a long class-1 direction
+    logits = torch.zeros(1, 19, 4, 5)
+
+    class Stub(nn.Module):
+        def __init__(self, f):
+            super().__init__()
+            self.f = f
+
+        def forward(self, x):
+            return self.f, logits
+
+    item = {"image": np.zeros((4, 5, 3), np.uint8)}
+    common = dict(mean=[0, 0, 0], std=[1, 1, 1], device=torch.device("cpu"), flip=False, chunk_pixels=7,
+                  classes=None)
+    got_label, got_score = gmm_predictor(Stub(feat), gmms, normalize=True, **common)(item)
+    ref_label, ref_score = gmm_predictor(Stub(unit_rows(feat)), gmms, **common)(item)
+    assert np.array_equal(got_label, ref_label) and np.allclose(got_score, ref_score, rtol=1e-4, atol=1e-3)
+    assert got_label[0, 0] == 1
+
+
 def test_agree_rule_vetoes_pixels_where_network_and_gmms_differ() -> None:
     """rule agree: the GMMs' class survives only where the network's argmax is the same class."""
     from bismap.prototypes import DiagonalGMM

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bismap.io import InputError, save_torch
-from bismap.prototypes import PROTOTYPES_FORMAT, DiagonalGMM
+from bismap.prototypes import PROTOTYPES_FORMAT, DiagonalGMM, unit_rows
 from bismap.data.labels import NUM_CLASSES
 from bismap.engine.stage_setup import check_file
 
@@ -45,7 +45,8 @@ def components_for(n_rows: int, k: int) -> int:
 
 
 def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
-    """Fit and save {"format": "bismap-gmm/1", "classes": {c: state}, "feature_dim", "skipped", "components"}.
+    """Fit and save {"format": "bismap-gmm/1", "classes": {c: state}, "feature_dim", "skipped", "components",
+    "normalize"} (`normalize`: the GMMs model unit-length features, so the scorer must normalise too).
 
     `cfg` is the complete `prototypes` slice (defaults filled from configs/schema.yaml).
     """
@@ -54,6 +55,7 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
     set_threads(threads)
     device = resolve_device(str(cfg["device"]))
     k, max_samples, seed = int(cfg["components"]), int(cfg["max_samples"]), int(cfg["seed"])
+    normalize = bool(cfg.get("normalize", False))  # the rule drops the key while it is off
     f, dim = _open_bank(features_h5)
     classes: dict[int, dict] = {}
     skipped: list[int] = []
@@ -68,6 +70,8 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
                 print(f"fit_prototypes: class {c}: no features, skipped", flush=True)
                 continue
             x = torch.from_numpy(ds[()].astype(np.float32))
+            if normalize:
+                x = unit_rows(x)
             if n > max_samples:
                 g = torch.Generator().manual_seed(seed * 1000 + c)
                 x = x[torch.randperm(n, generator=g)[:max_samples].sort().values]
@@ -87,4 +91,4 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
     if skipped:
         print(f"fit_prototypes: classes without prototypes: {skipped}", flush=True)
     save_torch(out_path, {"format": PROTOTYPES_FORMAT, "classes": classes, "feature_dim": int(dim), "skipped": skipped,
-                          "components": components, "config": dict(cfg)})
+                          "components": components, "normalize": normalize, "config": dict(cfg)})

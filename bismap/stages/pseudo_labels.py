@@ -29,7 +29,7 @@ from bismap.engine.inference import forward, to_input
 from bismap.engine.labelling import Predictor, label_target, prepare_model, selection_settings
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
 from bismap.io import InputError
-from bismap.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes
+from bismap.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes, unit_rows
 
 
 # ----------------------------------------------------------------------------- upsampling
@@ -69,10 +69,13 @@ def upsampled_rows(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: in
 
 # ----------------------------------------------------------------------------- stage
 def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, flip: bool, chunk_pixels: int,
-                  classes: list[int] | None, rule: str = "gmm", score: str = "loglik") -> Predictor:
+                  classes: list[int] | None, rule: str = "gmm", score: str = "loglik", normalize: bool = False
+                  ) -> Predictor:
     """Per pixel: the GMMs' class (rule gmm), that class only where the network's argmax agrees
     (rule agree, others 255), or the network's class alone (rule network: the ablation without
-    prototypes); score = the best log-likelihood, or the network's softmax confidence."""
+    prototypes); score = the best log-likelihood, or the network's softmax confidence. `normalize`:
+    the GMMs were fitted on unit-length features, so each upsampled pixel feature is scaled to unit
+    length before scoring (then it cannot be centred before upsampling)."""
     allowed = dict(gmms) if classes is None else {c: g for c, g in gmms.items() if c in set(classes)}
     if not allowed:
         raise InputError(f"config: pseudo_labels.classes {classes} has no class with a fitted GMM")
@@ -99,8 +102,12 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
         out_score = np.empty((h, w), np.float64)
         rows = max(1, int(chunk_pixels) // w)
         logit_rows = upsampled_rows(logits[0], (h, w), rows) if need_logits else None
-        centred = feat[0] - fast.shift.to(feat.device)[:, None, None]  # interpolation weights sum to 1
-        for r0, f in upsampled_cols(centred, (h, w), rows):
+        shift = fast.shift.to(feat.device)
+        if normalize:
+            chunks = ((r0, unit_rows(f, dim=0) - shift[:, None]) for r0, f in upsampled_cols(feat[0], (h, w), rows))
+        else:
+            chunks = upsampled_cols(feat[0] - shift[:, None, None], (h, w), rows)  # interpolation weights sum to 1
+        for r0, f in chunks:
             sc, arg, _ = best_class(f, fast, exact)
             if logit_rows is not None:
                 _, lg = next(logit_rows)
@@ -139,9 +146,10 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     rule = str(cfg["rule"])
     predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
                             chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
-                            rule=rule, score="confidence" if mode in ("confidence", "balanced") else "loglik")
+                            rule=rule, score="confidence" if mode in ("confidence", "balanced") else "loglik",
+                            normalize=bool(meta.get("normalize", False)))
     print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
-          f"selection {mode}", flush=True)
+          f"selection {mode}, {'unit-length' if meta.get('normalize') else 'raw'} features", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,
                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
                  stage="pseudo_labels")
