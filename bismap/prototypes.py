@@ -1,12 +1,10 @@
 """Prototype models in torch: a diagonal-covariance Gaussian mixture and the stacked class scorer.
 
-Why our own code rather than scikit-learn: the feature banks are large (300k x 256 per
-class in the paper setting) and the pseudo-label stage scores millions of pixels per
-image; both run on the GPU here, with every pass over the data done in fixed-size batches
-so memory stays bounded. The EM loop follows scikit-learn's GaussianMixture(diag) step
-for step (same M-step, same stopping rule) so the two can be compared in tests. Passes run in
-float32 with float64 statistics (docs/performance.md: speed and log-likelihood against scikit-learn).
-k-means lives in bismap.kmeans (re-exported here).
+Why our own code rather than scikit-learn: the feature banks are large (300k x 256 per class in the
+paper setting) and the pseudo-label stage scores millions of pixels per image; both run on the GPU here,
+with every pass in fixed-size batches so memory stays bounded. The EM loop follows scikit-learn's
+GaussianMixture(diag) step for step (same M-step, same stopping rule) so the two can be compared in tests.
+Passes run in float32 with float64 statistics (docs/performance.md). k-means: bismap.kmeans (re-exported).
 """
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ __all__ = ["kmeans", "kmeans_best_draw", "DiagonalGMM", "ClassScorer", "best_cla
            "load_prototypes"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+PROTOTYPES_FORMAT = "bismap-gmm/1"  # the file fit_prototypes writes
 TIE_RTOL = 1e-4  # best_class: float32 class scores closer than this (relative) are re-scored in float64
 
 
@@ -387,12 +386,8 @@ def class_log_likelihood(gmms: dict[int, DiagonalGMM], x: torch.Tensor, num_clas
     return ClassScorer(gmms, num_classes, dtype)(x, batch_size)
 
 
-PROTOTYPES_FORMAT = "bismap-gmm/1"  # the file fit_prototypes writes
-
-
 def unit_rows(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Feature vectors scaled to unit L2 length along `dim` (`prototypes.normalize`): the GMMs then
-    model the direction of a feature, not its magnitude, which varies with image contrast across domains."""
+    """Rows scaled to unit L2 length along `dim` (`prototypes.normalize`: direction, not contrast-driven magnitude)."""
     return x / x.norm(dim=dim, keepdim=True).clamp_min(1e-12)
 
 

@@ -41,6 +41,22 @@ def adapt_if_enabled(model, dataset, cfg: dict, data: dict, device, section: str
     return used
 
 
+def class_thresholds(predictions, cfg: dict, threshold: float, n: int) -> dict[int, float]:
+    """First pass of `selection: balanced`: per predicted class, min(threshold, the class's
+    `percentile`-th confidence percentile) from up to `sample_pixels` seeded pixels per image."""
+    sp = cfg["sample_pixels"]
+    every = max(n // 10, 1)
+    pools: dict[int, list[np.ndarray]] = {}
+    for k, (_, _, pred, _, conf) in enumerate(predictions):
+        sample_scores(pred, conf, None if sp is None else int(sp), np.random.default_rng([int(cfg["seed"]), k]), pools)
+        if (k + 1) % every == 0 or k + 1 == n:
+            print(f"teacher labels: percentile pass {k + 1}/{n} images", flush=True)
+    thr = balanced_thresholds(percentile_thresholds(pools, float(cfg["percentile"])), threshold)
+    print("teacher labels: per-class thresholds " + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(thr.items())),
+          flush=True)
+    return thr
+
+
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
         out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1) -> None:
     """Write the teacher's hard labels for every `target` image, and their quality JSON."""
@@ -73,18 +89,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
         return predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
                                   device=device, workers=int(runtime["workers"]), confidence=selects)
 
-    class_thr = None
-    if selection == "balanced":
-        sp = cfg["sample_pixels"]
-        pools: dict[int, list[np.ndarray]] = {}
-        for k, (_, _, pred, _, conf) in enumerate(predictions()):
-            sample_scores(pred, conf, None if sp is None else int(sp),
-                          np.random.default_rng([int(cfg["seed"]), k]), pools)
-            if (k + 1) % every == 0 or k + 1 == n:
-                print(f"teacher labels: percentile pass {k + 1}/{n} images", flush=True)
-        class_thr = balanced_thresholds(percentile_thresholds(pools, float(cfg["percentile"])), threshold)
-        print("teacher labels: per-class thresholds " + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(class_thr.items())),
-              flush=True)
+    class_thr = class_thresholds(predictions(), cfg, threshold, n) if selection == "balanced" else None
 
     def labelled(tmp: Path):
         for k, (name, file, pred, _, conf) in enumerate(predictions()):
