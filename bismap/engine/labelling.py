@@ -95,6 +95,23 @@ def _quality_pairs(ds, gt_ds, predict: Predictor, mode: str, threshold: float, c
         yield final, gt
 
 
+def pooled_thresholds(pairs, n: int, *, mode: str, threshold: float | None, percentile: float,
+                      sample_pixels: int | None, seed: int, stage: str) -> dict[int, float]:
+    """First pass of `percentile` / `balanced`: per-class thresholds from up to `sample_pixels` seeded
+    pixels of each (label, score) pair; `balanced` caps each at `threshold`."""
+    pools: dict[int, list[np.ndarray]] = {}
+    for i, (label, score) in enumerate(pairs):
+        sample_scores(label, score, sample_pixels, np.random.default_rng([int(seed), i]), pools)
+        if (i + 1) % 10 == 0 or i + 1 == n:
+            print(f"{stage}: percentile pass {i + 1}/{n}", flush=True)
+    class_thr = percentile_thresholds(pools, percentile)
+    if mode == "balanced":
+        class_thr = balanced_thresholds(class_thr, threshold)
+    print(f"{stage}: per-class thresholds ({mode}, percentile {percentile}): "
+          + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(class_thr.items())), flush=True)
+    return class_thr
+
+
 def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: str, threshold: float,
                  percentile: float, sample_pixels: int | None, seed: int, stage: str) -> None:
     """Shared driver: optional first pass for per-class percentiles, then label, save, and score."""
@@ -102,17 +119,9 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
 
     class_thr = None
     if mode in ("percentile", "balanced"):
-        pools: dict[int, list[np.ndarray]] = {}
-        for i in range(len(ds)):
-            label, score = predict(ds[i])
-            sample_scores(label, score, sample_pixels, np.random.default_rng([int(seed), i]), pools)
-            if (i + 1) % 10 == 0 or i + 1 == len(ds):
-                print(f"{stage}: percentile pass {i + 1}/{len(ds)}", flush=True)
-        class_thr = percentile_thresholds(pools, percentile)
-        if mode == "balanced":
-            class_thr = balanced_thresholds(class_thr, threshold)
-        print(f"{stage}: per-class thresholds ({mode}, percentile {percentile}): "
-              + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(class_thr.items())), flush=True)
+        class_thr = pooled_thresholds((predict(ds[i]) for i in range(len(ds))), len(ds), mode=mode,
+                                      threshold=threshold, percentile=percentile, sample_pixels=sample_pixels,
+                                      seed=seed, stage=stage)
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(_quality_pairs(ds, gt_ds, predict, mode, threshold, class_thr, Path(tmp), stage))
     if class_thr is not None and isinstance(quality, dict):

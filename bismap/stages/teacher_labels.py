@@ -16,12 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import predict_label_maps
-from bismap.engine.labelling import (apply_selection, balanced_thresholds, percentile_thresholds,
-                                     sample_scores, thread_record)
+from bismap.engine.labelling import apply_selection, pooled_thresholds, thread_record
 from bismap.engine.stage_setup import setup_device
 
 SECTION = "teacher_labels"
@@ -39,22 +36,6 @@ def adapt_if_enabled(model, dataset, cfg: dict, data: dict, device, section: str
                            mean=data["mean"], std=data["std"], device=device)
     print(f"AdaBN: batch-norm statistics re-estimated on {used} target images", flush=True)
     return used
-
-
-def class_thresholds(predictions, cfg: dict, threshold: float, n: int) -> dict[int, float]:
-    """First pass of `selection: balanced`: per predicted class, min(threshold, the class's
-    `percentile`-th confidence percentile) from up to `sample_pixels` seeded pixels per image."""
-    sp = cfg["sample_pixels"]
-    every = max(n // 10, 1)
-    pools: dict[int, list[np.ndarray]] = {}
-    for k, (_, _, pred, _, conf) in enumerate(predictions):
-        sample_scores(pred, conf, None if sp is None else int(sp), np.random.default_rng([int(cfg["seed"]), k]), pools)
-        if (k + 1) % every == 0 or k + 1 == n:
-            print(f"teacher labels: percentile pass {k + 1}/{n} images", flush=True)
-    thr = balanced_thresholds(percentile_thresholds(pools, float(cfg["percentile"])), threshold)
-    print("teacher labels: per-class thresholds " + ", ".join(f"{c}:{t:.4g}" for c, t in sorted(thr.items())),
-          flush=True)
-    return thr
 
 
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
@@ -89,7 +70,9 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
         return predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
                                   device=device, workers=int(runtime["workers"]), confidence=selects)
 
-    class_thr = class_thresholds(predictions(), cfg, threshold, n) if selection == "balanced" else None
+    class_thr = pooled_thresholds(((p, c) for _, _, p, _, c in predictions()), n, mode=selection, threshold=threshold,
+                                  percentile=float(cfg["percentile"]), sample_pixels=cfg["sample_pixels"],
+                                  seed=int(cfg["seed"]), stage="teacher labels") if selection == "balanced" else None
 
     def labelled(tmp: Path):
         for k, (name, file, pred, _, conf) in enumerate(predictions()):
