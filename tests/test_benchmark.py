@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import yaml
 
 from bismap import sweep as benchmark
 from bismap.io import InputError
+from bismap.sweep.copies import copied_from
 
 
 def _spec(tmp_path, **extra):
     spec = {"prefix": "b", "out": str(tmp_path / "bench"), "seeds": [1, 2, 3], "seed_keys": ["train.seed"],
-            "ablations": {"full": {}, "k1": {"prototypes.components": 1}}, "archive": str(tmp_path / "kept")}
+            "ablations": {"full": {}, "k1": {"prototypes.components": 1}}, "archive": str(tmp_path / "kept"),
+            "base_config": str(tmp_path / "config.yaml")}
+    (tmp_path / "config.yaml").write_text("prototypes: {components: 8}\n")
     spec.update(extra)
     path = tmp_path / "benchmark.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -43,7 +47,7 @@ def test_dry_run_writes_overlays(tmp_path, capsys):
     assert names == ["b_full_s1", "b_k1_s1"]
     overlay = yaml.safe_load((tmp_path / "bench" / "configs" / "b_k1_s1.yaml").read_text())
     assert overlay["prototypes"] == {"components": 1} and overlay["experiment"] == "b_k1_s1"
-    assert "--configfile config.yaml" in capsys.readouterr().out
+    assert f"--configfile {tmp_path / 'config.yaml'}" in capsys.readouterr().out
 
 
 def test_aggregate_mean_std(tmp_path):
@@ -158,6 +162,34 @@ def test_ablation_reuses_reference_run(tmp_path, monkeypatch):
     copied = root / "b_k1_s1" / "models" / "warmup.pt"
     assert copied.read_bytes() == b"w" and copied.stat().st_mtime_ns == before  # times kept: no mtime reruns
     assert not (root / "b_k1_s1" / benchmark.FORCE_MARKER).exists()
+
+
+def test_stale_copy_is_copied_again(tmp_path, monkeypatch):
+    """A copy outlives neither a config change nor a rebuild of a stage it did not rerun itself."""
+    spec, exe, log = _fake_snakemake(tmp_path, monkeypatch, SUMMARY_K1)
+    root = tmp_path / "results"
+    _summary(root, "b_full_s1", {"source-only": 0.2}, [0.1])
+    (root / "b_full_s1" / "models").mkdir()
+    warmup = root / "b_full_s1" / "models" / "warmup.pt"
+    warmup.write_bytes(b"w")
+    copy = root / "b_k1_s1"
+
+    def run():
+        benchmark.run_all(spec, ablations=["k1"], seeds=[1], snakemake=str(exe), results_root=root)
+        return sum("--detailed-summary" in json.loads(line) for line in log.read_text().splitlines())
+
+    assert run() == 1 and (copy / "models" / "warmup.pt").read_bytes() == b"w"
+    (copy / "models" / "prototypes.pt").write_bytes(b"rerun by k1")   # what the ablation built itself
+    assert run() == 1 and (copy / "models" / "prototypes.pt").exists()   # unchanged: the copy is kept
+
+    warmup.write_bytes(b"w2")   # the reference rebuilt a stage the ablation only copied
+    os.utime(warmup, ns=(warmup.stat().st_atime_ns, warmup.stat().st_mtime_ns + 10**9))
+    assert run() == 2 and (copy / "models" / "warmup.pt").read_bytes() == b"w2"
+    assert not (copy / "models" / "prototypes.pt").exists()
+    assert not (copy / benchmark.FORCE_MARKER).exists()   # the fake run succeeded
+
+    (tmp_path / "config.yaml").write_text("prototypes: {components: 4}\n")   # a default changed
+    assert run() == 3 and copied_from(copy) == "b_full_s1"
 
 
 def test_ablation_without_reference_runs_from_scratch(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from bismap.io import InputError
 from bismap.sweep.archive import FORCE_MARKER, archive_run
+from bismap.sweep.copies import config_fingerprint, copied_from, copy_reference, discard, stale_reason
 from bismap.sweep.plan import reuse_plan, snakemake_cmd
 from bismap.sweep.spec import experiment_name, overlay, runs, write_overlay
 
@@ -20,7 +21,8 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
     """Run the pipeline once per (ablation, seed); returns the experiment names run.
 
     An ablation whose seed already has a finished reference run starts from a copy of it (file
-    times kept) and reruns only the stages its switch affects (`reuse: false` turns this off).
+    times kept) and reruns only the stages its switch affects (`reuse: false` turns this off). A
+    copy made under another config, or before the reference rebuilt a stage, is copied afresh.
     """
     out = Path(spec["out"])
     root = Path(results_root)
@@ -35,10 +37,16 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
         # The copy's outputs carry no Snakemake provenance, so the rules to force are kept in a
         # marker until the run succeeds: a run killed after the copy still reruns them next time.
         marker = root / exp / FORCE_MARKER
+        fingerprint = None if dry_run else config_fingerprint(spec, cfg)
+        stale = fingerprint and stale_reason(root, exp, fingerprint)
+        if stale:
+            print(f"benchmark: {exp} is a stale copy ({stale}); copying the reference run again", flush=True)
+            discard(root / exp)
         if not dry_run and not (root / exp).exists():
             roots = reuse_plan(spec, ablation, seed, snakemake, root)
             if roots is not None:
-                reused_from = _copy_reference(spec, root, exp, seed, roots)
+                reused_from = _copy_reference(spec, root, exp, seed, roots, fingerprint)
+        reused_from = reused_from or copied_from(root / exp)
         if not dry_run and marker.is_file():
             roots = marker.read_text().split()
             if roots:
@@ -66,20 +74,11 @@ def run_all(spec: dict, *, ablations: Sequence[str] | None = None, seeds: Sequen
     return done
 
 
-def _copy_reference(spec: dict, root: Path, exp: str, seed: Any, roots: list[str]) -> str:
-    """Start run `exp` as a copy of the seed's reference run, with the rules to force in a marker file."""
-    import shutil
-
+def _copy_reference(spec: dict, root: Path, exp: str, seed: Any, roots: list[str], fingerprint: str) -> str:
     ref_exp = experiment_name(spec["prefix"], spec.get("reference", "full"), seed)
     print(f"benchmark: {exp} starts from a copy of {ref_exp}; rerunning "
           f"{', '.join(roots) or 'nothing'} and what depends on it", flush=True)
-    tmp = root / f".{exp}.copying"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root / ref_exp, tmp, copy_function=shutil.copy2)
-    for name in ("summary.json", "summary.md"):  # the reference's results must never pass as this run's
-        (tmp / name).unlink(missing_ok=True)
-    (tmp / FORCE_MARKER).write_text("\n".join(roots) + "\n")
-    tmp.rename(root / exp)
+    copy_reference(root, ref_exp, exp, roots, fingerprint)
     return ref_exp
 
 
