@@ -9,15 +9,22 @@ real GTA5 / Cityscapes layouts.
 - `write_gta` / `write_cityscapes`: a dataset folder from (rgb, label ids) scenes; each test
   module keeps its own scene generator (what the images show is what it tests).
 - `to_label_ids`: trainId map -> Cityscapes label-id map (what the files store).
+- `module_dir`: a folder shared by one module's tests, deleted when they all passed.
+
+Disk: one tiny workflow run writes ~0.5 GB (ResNet-18 checkpoints), and CI machines have little
+disk beside the 6 GB virtual environment, so passing tests' folders are deleted as the suite goes
+(`tmp_path_retention_policy = "failed"` in pyproject.toml, `module_dir` here); failing ones stay.
 """
 from __future__ import annotations
 
 import copy
+import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,3 +157,13 @@ def constant_checkpoint(path: Path, cls: int, data: dict | None = None) -> Path:
         state["data"] = data
     save_checkpoint(path, state)
     return path
+
+
+@pytest.fixture(scope="module")
+def module_dir(request, tmp_path_factory) -> Iterable[Path]:
+    """A folder for one module's shared fixtures, removed after its last test unless one failed."""
+    path = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)

@@ -146,8 +146,8 @@ def test_readme_example_config_is_the_file():
 
 
 @pytest.fixture(scope="module")
-def docs_wf(tmp_path_factory) -> Path:
-    wf = make_copy(tmp_path_factory.mktemp("docs_workflow"))
+def docs_wf(module_dir) -> Path:
+    wf = make_copy(module_dir)
     shutil.copytree(REPO / "profiles", wf / "profiles")
     return wf
 

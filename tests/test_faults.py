@@ -298,10 +298,10 @@ def _documented_config_examples() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def wf(tmp_path_factory) -> Path:
+def wf(module_dir) -> Path:
     from test_workflow import make_copy
 
-    return make_copy(tmp_path_factory.mktemp("workflow"))
+    return make_copy(module_dir)
 
 
 @pytest.mark.parametrize("example", _documented_config_examples())

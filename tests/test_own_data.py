@@ -47,8 +47,8 @@ def fake_cityscapes(root: Path, splits: tuple[str, ...] = ("train", "val"), labe
 
 
 @pytest.fixture(scope="module")
-def wf(tmp_path_factory) -> Path:
-    return make_copy(tmp_path_factory.mktemp("own_data_workflow"))
+def wf(module_dir) -> Path:
+    return make_copy(module_dir)
 
 
 def _roots(tmp_path: Path, src: Path, tgt: Path, **source) -> Path:

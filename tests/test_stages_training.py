@@ -123,12 +123,12 @@ def constant_checkpoint(path: Path, cls: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_dir):
     """One 20-iteration warm-up on the trivially learnable source, shared by the tests that need it."""
     from bismap.stages import warmup
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("trained")
+    root = module_dir
     src = make_gta(root / "gta5")
     val = make_cityscapes(root / "cityscapes", "val", seed=2, n=2)
     out = root / "warmup.pt"

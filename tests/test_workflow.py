@@ -71,8 +71,8 @@ def dry_run(workdir: Path, *configfiles: str, extra: tuple[str, ...] = ()) -> di
 
 
 @pytest.fixture(scope="module")
-def wf(tmp_path_factory) -> Path:
-    return make_copy(tmp_path_factory.mktemp("workflow"))
+def wf(module_dir) -> Path:
+    return make_copy(module_dir)
 
 
 # ------------------------------------------------------------------------------------ fast tests
