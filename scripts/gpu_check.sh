@@ -2,8 +2,10 @@
 # A few minutes on one GPU: training throughput of the paper setting (DeepLabV3+ R101 OS16,
 # 4 source + 4 target crops of 512x896, the full self-training step: 3 student forwards with
 # backward, 1 EMA-teacher forward) with AMP + channels_last, its peak memory, and whether it
-# fits the original's 11 GB card (GTX 1080 Ti / RTX 2080 Ti: 11 GiB, less ~0.6 GiB for the CUDA context).
-#   bash scripts/gpu_check.sh            # ITERS=20 WARMUP=5 by default
+# fits the original's 11 GB card (GTX 1080 Ti / RTX 2080 Ti: 11 GiB, less ~0.6 GiB for the CUDA context);
+# then the tiny workflow end to end with every stage on the GPU (results/gpu_check_tiny/).
+#   bash scripts/gpu_check.sh                       # ITERS=20 WARMUP=5 by default
+#   PARTS=tiny DEVICE=cpu bash scripts/gpu_check.sh # only the tiny workflow, here on the CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -12,10 +14,15 @@ ITERS=${ITERS:-20}
 WARMUP=${WARMUP:-5}
 BUDGET_MIB=${BUDGET_MIB:-10650}   # 11264 MiB card minus ~600 MiB CUDA context
 OUT=${OUT:-gpu_check}
+PARTS=${PARTS:-paper tiny}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
-$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: CUDA is not available')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if [[ $DEVICE == cuda* ]]; then
+  $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: CUDA is not available')"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
 status=0
+if [[ " $PARTS " == *" paper "* ]]; then
 for amp in auto fp16; do
   $PY -m bismap.engine.throughput --setting paper --device cuda --amp "$amp" --iters "$ITERS" --warmup "$WARMUP" \
       --json "$OUT/paper_$amp.json" | grep '^RESULT' || { echo "FAIL: benchmark with amp=$amp crashed"; status=1; continue; }
@@ -30,6 +37,28 @@ print(f"{'PASS' if ok else 'FAIL'}: paper setting amp={r['amp']} channels_last={
 sys.exit(0 if ok else 1)
 PYEOF
 done
-# the engine's own tests on this machine (CPU paths + DDP) as a sanity check
-$PY -m pytest -q tests/test_engine.py 2>&1 | tail -1
+fi
+if [[ " $PARTS " == *" tiny "* ]]; then
+  # every stage of the tiny config on $DEVICE (fit_prototypes too); the training logs name the device
+  EXP=gpu_check_tiny
+  rm -rf "results/$EXP" "logs/$EXP"
+  printf 'experiment: %s\nruntime: {device: "%s"}\nprototypes: {device: "%s"}\n' "$EXP" "$DEVICE" "$DEVICE" > "$OUT/tiny_device.yaml"
+  t0=$(date +%s)
+  if $PY -m snakemake --cores 4 --configfile config.yaml configs/tiny.yaml "$OUT/tiny_device.yaml" \
+        > "$OUT/tiny_workflow.log" 2>&1 && [ -s "results/$EXP/summary.json" ]; then
+    on=$(grep -l "^training .* on $DEVICE" logs/$EXP/*.log | wc -l)
+    all=$(grep -l "^training " logs/$EXP/*.log | wc -l)
+    if [ "$on" -gt 0 ] && [ "$on" -eq "$all" ]; then
+      echo "PASS: tiny workflow end to end on $DEVICE in $(( $(date +%s) - t0 )) s ($on of $all training logs on $DEVICE)"
+    else
+      echo "FAIL: tiny workflow: only $on of $all training logs say $DEVICE (logs/$EXP/)"; status=1
+    fi
+  else
+    echo "FAIL: tiny workflow on $DEVICE (last lines of $OUT/tiny_workflow.log below)"; tail -20 "$OUT/tiny_workflow.log"; status=1
+  fi
+fi
+if [[ " $PARTS " == *" paper "* ]]; then
+  # the engine's own tests on this machine (CPU paths + DDP) as a sanity check
+  $PY -m pytest -q tests/test_engine.py 2>&1 | tail -1
+fi
 exit $status
