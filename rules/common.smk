@@ -83,17 +83,14 @@ def prototypes_cfg():
     return cfg
 
 
-def teacher_labels_cfg(r):
-    """`teacher_labels` without the keys round r ignores (selection keys its `selection` does not use;
-    `ensemble` in round 1, which has one model), so editing them reruns nothing."""
+def teacher_labels_cfg():
+    """`teacher_labels` without the selection keys its `selection` ignores, so editing them reruns nothing."""
     cfg = dict(C("teacher_labels"))
     if cfg["selection"] == "none":
         cfg.pop("threshold")
     if cfg["selection"] != "balanced":
         for key in ("percentile", "sample_pixels", "seed"):
             cfg.pop(key)
-    if not cfg["ensemble"] or int(r) == 1:   # runs made before the key existed stay valid
-        cfg.pop("ensemble")
     return cfg
 
 
@@ -191,14 +188,6 @@ def previous_model(r):
     """Teacher of distillation round r: the self-trained model for r=1, else round r-1."""
     r = int(r)
     return model_ckpt("self_training" if r == 1 else f"distillation_r{r - 1}")
-
-
-def earlier_models(r):
-    """With teacher_labels.ensemble, the adapted models before round r's teacher (self-trained, rounds < r-1)."""
-    r = int(r)
-    if not C("teacher_labels/ensemble") or r == 1:
-        return []
-    return [model_ckpt("self_training"), *(model_ckpt(f"distillation_r{k}") for k in range(1, r - 1))]
 
 
 def summary_outputs():

@@ -39,7 +39,6 @@ rule teacher_labels:
     """Round r's target labels from the previous model (multi-scale + flip, optional AdaBN)."""
     input:
         checkpoint=lambda wildcards: previous_model(wildcards.r),
-        earlier=lambda wildcards: earlier_models(wildcards.r),
         target_root=TARGET_ROOT,
     output:
         out_dir=directory(f"{RESULTS}/labels/teacher_r{{r}}"),
@@ -47,7 +46,7 @@ rule teacher_labels:
     params:
         target=target_spec("train", labels="none"),
         target_gt=target_gt_spec(),
-        cfg=lambda wildcards: teacher_labels_cfg(wildcards.r),
+        cfg=teacher_labels_cfg(),
         data=data_cfg(),
     log:
         f"{LOGS}/teacher_labels_r{{r}}.log",

@@ -7,6 +7,6 @@ smk = snakemake  # noqa: F821  (injected by Snakemake)
 with stage_logging(smk):
     from bismap.stages.teacher_labels import run
 
-    run(checkpoint=smk.input.checkpoint, earlier=list(smk.input.earlier), target=smk.params.target, target_gt=smk.params.target_gt,
+    run(checkpoint=smk.input.checkpoint, target=smk.params.target, target_gt=smk.params.target_gt,
         out_dir=smk.output.out_dir, out_quality=smk.output.out_quality, cfg=smk.params.cfg, data=smk.params.data,
         runtime=smk.config["runtime"], threads=smk.threads)

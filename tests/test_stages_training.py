@@ -487,34 +487,6 @@ def test_teacher_labels_confidence_selection_leaves_unsure_pixels_unlabelled(tin
                            data=DATA, runtime=RUNTIME_T)
 
 
-def test_teacher_labels_ensemble_outvotes_the_previous_model(tiny) -> None:
-    """ensemble: the mean softmax of the earlier models and the teacher, not the teacher's alone."""
-    from bismap.data.labels import read_label_png
-    from bismap.stages import teacher_labels
-
-    pole, road = constant_checkpoint(tiny["tmp"] / "c.pt", POLE), constant_checkpoint(tiny["tmp"] / "r.pt", ROAD)
-    tgt = make_cityscapes(tiny["tmp"] / "cs_ens", "train", n=2, seed=7, pole=True)
-    out_dir, quality = tiny["tmp"] / "tl_ens", tiny["tmp"] / "tl_ens.json"
-    base = {"scales": [1.0], "flip": True, "adabn": {"enabled": False, "max_images": 2, "batch_size": 2}}
-    sure = np.exp(10) / (np.exp(10) + 18)   # a constant model's softmax of its class
-    for earlier, threshold, expected in (([], 0.9, ROAD), ([pole, pole], 0.6, POLE), ([pole, pole], 0.7, 255)):
-        teacher_labels.run(checkpoint=road, earlier=earlier, target={**tgt, "labels": "none"}, target_gt=None,
-                           out_dir=out_dir, out_quality=quality, cfg={**base, "selection": "confidence",
-                                                                      "threshold": threshold},
-                           data=DATA, runtime=RUNTIME_T)
-        for f in out_dir.iterdir():
-            assert np.all(read_label_png(f) == expected), (len(earlier), threshold)
-        assert json.loads(quality.read_text())["ensemble"] == [str(c) for c in earlier]
-    from bismap.engine.checkpoint import load_model
-    from bismap.models.ensemble import MeanProbability
-
-    x = torch.zeros(1, 3, H, W)
-    mean = MeanProbability([load_model(str(c), device="cpu", which="model").eval() for c in (pole, pole, road)])
-    with torch.no_grad():
-        p = torch.softmax(mean(x), 1)[0, :, 0, 0]   # 2/3 of the pole's confidence plus 1/3 of road's leftovers
-    assert float(p[POLE]) == pytest.approx(2 / 3 * sure + 1 / 3 * (1 - sure) / 18, rel=1e-5)
-
-
 # ---------------------------------------------------------------------------------------------
 # evaluate
 

@@ -264,9 +264,6 @@ EXACT_RERUNS = [
     # The teacher labels' sampling knob is a param too (it moves the per-class thresholds).
     ("teacher_labels: {sample_pixels: 50}\n", {"teacher_labels": 2, "distillation": 2, "evaluate": 2, "report": 1,
                                               "all": 1}),
-    # Ensemble teacher labels change round 2 only (round 1 has one model to average).
-    ("teacher_labels: {ensemble: true}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1,
-                                            "all": 1}),
     # Another val split: its preflight part and every evaluation, no training.
     ("data: {target: {val_split: train}}\n", {"preflight": 1, "evaluate": 6, "report": 1, "all": 1}),
     # A rerun preflight part never hides other reruns (an ancient() edge to one preflight for

@@ -7,8 +7,7 @@ so the student's hard-label loss skips the teacher's likely mistakes (the KD ter
 pixel). `selection: balanced` is the pseudo labels' class-balanced rule (engine.labelling): a first
 pass pools sampled confidences per predicted class, then a pixel stays when its confidence reaches
 the lower of `threshold` and its class's `percentile`, so a class the teacher is rarely sure of keeps
-its most confident pixels. `ensemble` departs from it too: round r's labels come from the mean
-softmax of every adapted model so far, not the previous one alone. Optional AdaBN first re-estimates the batch-norm statistics on the target images
+its most confident pixels. Optional AdaBN first re-estimates the batch-norm statistics on the target images
 (design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
 Labels are `<out_dir>/<image file name>` palette PNGs (written into a temporary folder renamed
 into place); the quality JSON scores them against target ground truth when it exists.
@@ -16,7 +15,6 @@ into place); the quality JSON scores them against target ground truth when it ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import predict_label_maps
@@ -40,45 +38,24 @@ def adapt_if_enabled(model, dataset, cfg: dict, data: dict, device, section: str
     return used
 
 
-def _selection(cfg: dict) -> tuple[str, float | None]:
-    """(selection, threshold); the rule drops the threshold for `none`."""
-    selection = str(cfg["selection"])
-    if selection not in ("none", "confidence", "balanced"):
-        raise InputError(f"config: teacher_labels.selection must be 'none', 'confidence' or 'balanced', "
-                         f"got {selection!r}")
-    return selection, (float(cfg["threshold"]) if selection != "none" else None)
-
-
-def _teacher(checkpoint: str | Path, earlier: Sequence[str | Path], device):
-    """The teacher model, or with `earlier` models the mean of their softmax and its (models.ensemble)."""
-    from bismap.engine.checkpoint import load_model
-
-    model = load_model(str(checkpoint), device=device, which="model")
-    if not earlier:
-        return model
-    from bismap.models.ensemble import MeanProbability
-
-    print(f"teacher labels: mean softmax of {len(earlier) + 1} models", flush=True)
-    return MeanProbability([*(load_model(str(c), device=device, which="model") for c in earlier), model])
-
-
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
-        out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1,
-        earlier: Sequence[str | Path] = ()) -> None:
-    """Write the teacher's hard labels for every `target` image, and their quality JSON.
-
-    `earlier`: further models (cfg `ensemble`) whose softmax is averaged with the teacher's.
-    """
+        out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1) -> None:
+    """Write the teacher's hard labels for every `target` image, and their quality JSON."""
     from bismap.data import open_dataset
     from bismap.data.labels import save_label_png
+    from bismap.engine.checkpoint import load_model
     from bismap.evaluation.quality import label_quality
 
     device = setup_device(threads, runtime)
     scales = [float(s) for s in cfg["scales"]]
     flip = bool(cfg["flip"])
-    selection, threshold = _selection(cfg)
+    selection = str(cfg["selection"])
     selects = selection != "none"
-    model = _teacher(checkpoint, earlier, device)
+    threshold = float(cfg["threshold"]) if selects else None  # the rule drops it for none
+    if selection not in ("none", "confidence", "balanced"):
+        raise InputError(f"config: teacher_labels.selection must be 'none', 'confidence' or 'balanced', "
+                         f"got {selection!r}")
+    model = load_model(str(checkpoint), device=device, which="model")
     dataset = open_dataset(target)
     if len(dataset) == 0:
         raise InputError(f"{target.get('root')}: no target images")
@@ -116,7 +93,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
 
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(labelled(tmp))
-    quality.update({"checkpoint": str(checkpoint), "ensemble": [str(c) for c in earlier], "scales": scales, "flip": flip, "selection": selection,
+    quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip, "selection": selection,
                     "threshold": threshold,
                     **({"class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}} if class_thr else {}),
                     "adabn": bool(cfg["adabn"]["enabled"]), **thread_record()})
