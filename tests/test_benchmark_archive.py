@@ -177,6 +177,18 @@ def test_cli_aggregate_only_and_archive_existing(tmp_path, monkeypatch, capsys):
     assert table["ablations"]["full"]["seeds"] == [1] and table["preset"] == "second"
     default = json.loads((tmp_path / "bench" / "default" / "table.json").read_text())
     assert default["missing"] == ["b_full_s2"]
+    # --archive: another CPU type's records in their own folder, tabulated without the file's archive
+    _run_dir(root, "b_full_s2", 0.40, 0.44)
+    args = parser.parse_args(["benchmark", "--spec", str(spec_file), "--results", str(root), "--archive",
+                              str(tmp_path / "other_cpu"), "--preset", "default", "--archive-existing"])
+    assert args.func(args) == 0
+    assert sorted(p.name for p in (tmp_path / "other_cpu").rglob("*.json")) == ["b_full_s2.json"]
+    shutil.rmtree(root)
+    args = parser.parse_args(["benchmark", "--spec", str(spec_file), "--results", str(root), "--archive",
+                              str(tmp_path / "other_cpu"), "--preset", "default", "--aggregate-only"])
+    assert args.func(args) == 0
+    default = json.loads((tmp_path / "bench" / "default" / "table.json").read_text())
+    assert default["ablations"]["full"]["seeds"] == [2] and default["missing"] == ["b_full_s1"]
 
 
 def test_preset_runs_dry_run_with_their_config_files(tmp_path):

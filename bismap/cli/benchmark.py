@@ -24,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="do not run; only tabulate the kept records and the finished runs under --results")
     p.add_argument("--archive-existing", action="store_true",
                    help="do not run; keep a record of every finished run under --results that has none yet")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="keep and read records here instead of the file's `archive` (e.g. one folder per CPU "
+                        "type: results differ across CPU types, so their seeds should not be paired)")
     p.add_argument("--runs", action="append", default=[], metavar="DIR",
                    help="also read kept records from this folder (repeatable; the file's `archive` comes first)")
     p.add_argument("--dry-run", action="store_true", help="print the snakemake commands and write the overlays only")
@@ -42,6 +45,8 @@ def run_cli(args: argparse.Namespace) -> int:
     spec = benchmark.load_spec(args.spec)
     if args.cores is not None:
         spec["cores"] = args.cores
+    if args.archive is not None:
+        spec["archive"] = args.archive
     seeds = [yaml.safe_load(s) for s in args.seed] if args.seed else None
     for preset in args.preset or list(spec["presets"]):
         flat = benchmark.preset_spec(spec, preset)
