@@ -65,6 +65,17 @@ def test_record_is_kept_atomically_with_provenance(tmp_path):
     assert json.loads(path.read_text())["wall_s"] == 812.3
 
 
+def test_replacing_another_cpu_types_record_warns(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    root = tmp_path / "results"
+    _run_dir(root, "b_full_s1", 0.30, 0.33)
+    path = benchmark.archive_run(spec, "full", 1, root, 5.0)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "cpu": "Other CPU", "summary": {}}))
+    benchmark.archive_run(spec, "full", 1, root, 6.0)
+    assert "held a run on Other CPU" in capsys.readouterr().out
+    assert json.loads(path.read_text())["cpu"] == benchmark.cpu_model()
+
+
 def test_aggregate_combines_records_from_two_folders_and_results(tmp_path):
     """Seed 1 kept here, seed 2 kept on another machine (a second folder), seed 3 only in results/."""
     spec = _spec(tmp_path)

@@ -70,8 +70,13 @@ def archive_run(spec: dict, ablation: str, seed: Any, results_root: str | os.Pat
     path = record_path(spec["archive"], rec["preset"], exp)
     if path.is_file():   # a rerun that changed nothing keeps the record of the run that made the results
         try:
-            if read_json(path).get("summary") == rec["summary"]:
+            old = read_json(path)
+            if old.get("summary") == rec["summary"]:
                 return path
+            if old.get("cpu") not in (None, rec["cpu"]):
+                print(f"benchmark: warning: {path} held a run on {old['cpu']}, replaced by one on {rec['cpu']}; "
+                      f"results differ across CPU types, so keep each type's records apart (--archive DIR)",
+                      flush=True)
         except (InputError, AttributeError):
             pass
     write_json(path, rec)
