@@ -46,12 +46,13 @@ if [[ " $PARTS " == *" tiny "* ]]; then
   t0=$(date +%s)
   if $PY -m snakemake --cores 4 --configfile config.yaml configs/tiny.yaml "$OUT/tiny_device.yaml" \
         > "$OUT/tiny_workflow.log" 2>&1 && [ -s "results/$EXP/summary.json" ]; then
-    on=$(grep -l "^training .* on $DEVICE" logs/$EXP/*.log | wc -l)
-    all=$(grep -l "^training " logs/$EXP/*.log | wc -l)
+    # grep exits 1 on no match, which pipefail + set -e would turn into a silent exit: count with -c
+    on=$(cat logs/$EXP/*.log | grep -c "^training .* on $DEVICE" || true)
+    all=$(cat logs/$EXP/*.log | grep -c "^training " || true)
     if [ "$on" -gt 0 ] && [ "$on" -eq "$all" ]; then
-      echo "PASS: tiny workflow end to end on $DEVICE in $(( $(date +%s) - t0 )) s ($on of $all training logs on $DEVICE)"
+      echo "PASS: tiny workflow end to end on $DEVICE in $(( $(date +%s) - t0 )) s ($on of $all training runs on $DEVICE)"
     else
-      echo "FAIL: tiny workflow: only $on of $all training logs say $DEVICE (logs/$EXP/)"; status=1
+      echo "FAIL: tiny workflow: only $on of $all training runs say $DEVICE (logs/$EXP/)"; status=1
     fi
   else
     echo "FAIL: tiny workflow on $DEVICE (last lines of $OUT/tiny_workflow.log below)"; tail -20 "$OUT/tiny_workflow.log"; status=1

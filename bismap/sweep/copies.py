@@ -8,12 +8,12 @@ file's mtime and size) lets a later `bismap benchmark` see both and copy the ref
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import yaml
 
+from bismap.io import InputError, read_json, write_json
 from bismap.sweep.archive import FORCE_MARKER
 
 MANIFEST = ".benchmark_copy.json"  # {"reference", "config", "files": {relpath: [mtime_ns, size]}}
@@ -46,27 +46,27 @@ def copy_reference(root: Path, ref_exp: str, exp: str, roots: list[str], fingerp
         (tmp / name).unlink(missing_ok=True)
     (tmp / FORCE_MARKER).write_text("\n".join(roots) + "\n")
     manifest = {"reference": ref_exp, "config": fingerprint, "files": _stats(tmp)}
-    (tmp / MANIFEST).write_text(json.dumps(manifest))
+    write_json(tmp / MANIFEST, manifest)
     tmp.rename(root / exp)
 
 
 def copied_from(run_dir: Path) -> str | None:
     """The reference run `run_dir` was copied from (None: not a copy, or copied without a manifest)."""
     try:
-        return json.loads((run_dir / MANIFEST).read_text())["reference"]
-    except (OSError, ValueError, KeyError):
+        return read_json(run_dir / MANIFEST)["reference"] if (run_dir / MANIFEST).is_file() else None
+    except (InputError, KeyError, TypeError):
         return None
 
 
 def stale_reason(root: Path, exp: str, fingerprint: str) -> str | None:
     """Why the copy results/<exp> no longer matches its config or its reference run (None: it does)."""
     run_dir = root / exp
-    try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
-        ref_dir, files, config = root / manifest["reference"], manifest["files"], manifest["config"]
-    except FileNotFoundError:
+    if not (run_dir / MANIFEST).is_file():
         return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    try:
+        manifest = read_json(run_dir / MANIFEST)
+        ref_dir, files, config = root / manifest["reference"], manifest["files"], manifest["config"]
+    except (InputError, KeyError, TypeError) as e:
         return f"its {MANIFEST} is unreadable ({e})"
     if config != fingerprint:
         return "the config changed since it was copied"
