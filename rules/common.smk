@@ -83,9 +83,27 @@ def prototypes_cfg():
     return cfg
 
 
+def with_alignment(section, cfg):
+    """`cfg` with its `align_prior` switch replaced by the `prior_alignment` settings when it is on,
+    and dropped when off, so runs made before the switch existed stay valid."""
+    if cfg.pop("align_prior"):
+        cfg["prior_alignment"] = {k: v for k, v in C("prior_alignment").items() if k != "source_images"}
+    return cfg
+
+
+def prior_input(section):
+    """The source class prior as an input only when `<section>.align_prior` is on."""
+    return {"prior": f"{RESULTS}/prototypes/source_prior.json"} if C(f"{section}/align_prior") else {}
+
+
+def pseudo_labels_cfg():
+    """`pseudo_labels`, with prior alignment resolved (with_alignment)."""
+    return with_alignment("pseudo_labels", dict(C("pseudo_labels")))
+
+
 def teacher_labels_cfg():
     """`teacher_labels` without the selection keys its `selection` ignores, so editing them reruns nothing."""
-    cfg = dict(C("teacher_labels"))
+    cfg = with_alignment("teacher_labels", dict(C("teacher_labels")))
     if cfg["selection"] == "none":
         cfg.pop("threshold")
     if cfg["selection"] != "balanced":

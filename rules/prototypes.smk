@@ -47,19 +47,42 @@ rule fit_prototypes:
         "../scripts/fit_prototypes.py"
 
 
+rule source_prior:
+    """Pixels per class of the source labels: the distribution that prior alignment aims at."""
+    input:
+        source_root=SOURCE_ROOT,
+    output:
+        out_json=f"{RESULTS}/prototypes/source_prior.json",
+    params:
+        source=source_raw_spec(),
+        cfg=keys("prior_alignment", "source_images"),
+    log:
+        f"{LOGS}/source_prior.log",
+    benchmark:
+        f"{BENCH}/source_prior.tsv"
+    threads: threads("source_prior")
+    resources:
+        **res("source_prior"),
+    conda:
+        ENV
+    script:
+        "../scripts/source_prior.py"
+
+
 rule pseudo_labels:
     """Target train pseudo labels: GMM log-likelihood argmax, thresholded; plus a quality json."""
     input:
         checkpoint=model_ckpt("warmup"),
         prototypes=rules.fit_prototypes.output.out_path,
         target_root=TARGET_ROOT,
+        **prior_input("pseudo_labels"),
     output:
         out_dir=directory(f"{RESULTS}/labels/pseudo"),
         out_quality=f"{RESULTS}/labels/pseudo.quality.json",
     params:
         target=target_spec("train", labels="none"),
         target_gt=target_gt_spec(),
-        cfg=C("pseudo_labels"),
+        cfg=pseudo_labels_cfg(),
         data=data_cfg(),
     log:
         f"{LOGS}/pseudo_labels.log",

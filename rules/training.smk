@@ -40,6 +40,7 @@ rule teacher_labels:
     input:
         checkpoint=lambda wildcards: previous_model(wildcards.r),
         target_root=TARGET_ROOT,
+        **prior_input("teacher_labels"),
     output:
         out_dir=directory(f"{RESULTS}/labels/teacher_r{{r}}"),
         out_quality=f"{RESULTS}/labels/teacher_r{{r}}.quality.json",

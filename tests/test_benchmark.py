@@ -103,10 +103,10 @@ SUMMARY_NO_RECORDS = (H + f"results/x/prototypes/gmm.h5\t{D}\tfit_prototypes\t-\
 
 
 def test_rerun_roots_reads_snakemake_summary():
-    assert benchmark.rerun_roots(SUMMARY_K1) == (["fit_prototypes"], False, False)
-    assert benchmark.rerun_roots(SUMMARY_MISSING) == (["synthetic_data", "warmup"], True, False)
-    assert benchmark.rerun_roots(SUMMARY_NO_RECORDS) == ([], False, True)
-    assert benchmark.rerun_roots("Building DAG of jobs...\n") == ([], False, False)
+    assert benchmark.rerun_roots(SUMMARY_K1) == (["fit_prototypes"], [], False)
+    assert benchmark.rerun_roots(SUMMARY_MISSING) == (["synthetic_data", "warmup"], ["synthetic_data", "warmup"], False)
+    assert benchmark.rerun_roots(SUMMARY_NO_RECORDS) == ([], [], True)
+    assert benchmark.rerun_roots("Building DAG of jobs...\n") == ([], [], False)
 
 
 FAKE_SNAKEMAKE = """#!/usr/bin/env python3

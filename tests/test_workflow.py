@@ -310,7 +310,7 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     summ = snakemake(wf, "--detailed-summary", "--nolock", "--cores", "2", "--configfile", "configs/tiny.yaml",
                      str(overlay))
     assert summ.returncode == 0, summ.stderr[-3000:]
-    assert rerun_roots(summ.stdout) == (["pseudo_labels"], False, False), summ.stdout
+    assert rerun_roots(summ.stdout) == (["pseudo_labels"], [], False), summ.stdout
 
     # `snakemake --report` builds the HTML report from the marked figures.
     rep = snakemake(wf, "--configfile", "configs/tiny.yaml", "--report", "report.html")

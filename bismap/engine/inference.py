@@ -218,10 +218,13 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray, *, mean, std, scal
 
 
 def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, mean, std,
-                       device: torch.device | str, workers: int = 0, confidence: bool = False):
+                       device: torch.device | str, workers: int = 0, confidence: bool = False,
+                       logit_offset: torch.Tensor | None = None, logits_only: bool = False):
     """Yield (name, file, prediction uint8 [H,W], label uint8 [H,W] or None, confidence) for every item.
 
     `confidence`: the softmax probability of the predicted class (float32 [H,W]) when asked, else None.
+    `logit_offset` [C] is added to the averaged logits (prior alignment); `logits_only` yields just
+    the logits [C,H,W] on the device instead.
 
     Like engine.inference.predict_dataset, but the argmax (at the label size) happens on the
     device: copying full-resolution 19-channel logits to the host per image would dominate.
@@ -236,6 +239,11 @@ def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, m
         for item in loader:
             x = normalise_image(item["image"], mean, std).unsqueeze(0).to(device)
             logits = predict_logits(model, x, scales=tuple(float(s) for s in scales), flip=bool(flip))
+            if logits_only:
+                yield logits[0]
+                continue
+            if logit_offset is not None:
+                logits = logits + logit_offset.to(device=logits.device, dtype=logits.dtype)[None, :, None, None]
             label = item.get("label") if has_labels else None
             if label is not None and tuple(logits.shape[-2:]) != tuple(label.shape):
                 logits = torch.nn.functional.interpolate(logits, size=tuple(label.shape), mode="bilinear",

@@ -26,6 +26,7 @@ import torch
 
 from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
 from bismap.engine.inference import forward, to_input
+from bismap.engine.prior_alignment import offset_for
 from bismap.engine.labelling import Predictor, label_target, prepare_model, selection_settings
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
 from bismap.io import InputError
@@ -69,24 +70,25 @@ def upsampled_rows(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: in
 
 # ----------------------------------------------------------------------------- stage
 def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, flip: bool, chunk_pixels: int,
-                  classes: list[int] | None, rule: str = "gmm", score: str = "loglik", normalize: bool = False
-                  ) -> Predictor:
+                  classes: list[int] | None, rule: str = "gmm", score: str = "loglik", normalize: bool = False,
+                  logit_offset: torch.Tensor | None = None) -> Predictor:
     """Per pixel: the GMMs' class (rule gmm), that class only where the network's argmax agrees
     (rule agree, others 255), or the network's class alone (rule network: the ablation without
     prototypes); score = the best log-likelihood, or the network's softmax confidence. `normalize`:
     the GMMs were fitted on unit-length features, so each upsampled pixel feature is scaled to unit
-    length before scoring (then it cannot be centred before upsampling)."""
+    length before scoring (then it cannot be centred before upsampling). `logit_offset` [19]: the
+    prior alignment's per-class offset, added to the network's logits wherever they are read."""
     allowed = dict(gmms) if classes is None else {c: g for c, g in gmms.items() if c in set(classes)}
     if not allowed:
         raise InputError(f"config: pseudo_labels.classes {classes} has no class with a fitted GMM")
     if rule not in ("gmm", "agree", "network"):
         raise InputError(f"config: pseudo_labels.rule must be 'gmm', 'agree' or 'network', got {rule!r}")
     need_logits = rule != "gmm" or score == "confidence"
+    mask = None if logit_offset is None else logit_offset.to(device=device, dtype=torch.float32)
     if need_logits and classes is not None:
-        mask = torch.full((NUM_CLASSES,), -math.inf, device=device)
-        mask[list(allowed)] = 0.0
-    else:
-        mask = None
+        blocked = torch.full((NUM_CLASSES,), -math.inf, device=device)
+        blocked[list(allowed)] = 0.0
+        mask = blocked if mask is None else mask + blocked
     fast = ClassScorer(allowed, NUM_CLASSES, torch.float32)
     exact = ClassScorer(allowed, NUM_CLASSES, torch.float64)
 
@@ -129,10 +131,19 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
     return predict
 
 
+def network_logits(model, ds, mean, std, device, flip: bool) -> Iterator[torch.Tensor]:
+    """The network's stride-4 logits [19, h, w] of every target image (the prior alignment's sample)."""
+    for i in range(len(ds)):
+        with torch.no_grad():
+            logits = forward(model, to_input([ds[i]], mean, std, device), flip)[1][0]
+        yield logits
+
+
 def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target: dict, target_gt: dict | None,
         out_dir: str | os.PathLike, out_quality: str | os.PathLike, cfg: dict, data: dict, runtime: dict,
-        threads: int = 1) -> None:
-    """Write `<out_dir>/<image file name>` pseudo labels (255 = rejected) and the quality json."""
+        threads: int = 1, prior: str | os.PathLike | None = None) -> None:
+    """Write `<out_dir>/<image file name>` pseudo labels (255 = rejected) and the quality json.
+    `prior`: the source class prior file, needed when `cfg` holds `prior_alignment` settings."""
     device = setup_device(threads, runtime)
     mean, std = mean_std(data)
     gmms, meta = load_prototypes(prototypes, device=device)
@@ -144,10 +155,12 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
         raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
     mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence", "balanced"))
     rule = str(cfg["rule"])
+    offset = offset_for(cfg.get("prior_alignment"), prior, lambda: network_logits(model, ds, mean, std, device, bool(cfg["flip"])),
+                        len(ds), classes=cfg["classes"], stage="pseudo_labels")
     predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
                             chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
                             rule=rule, score="confidence" if mode in ("confidence", "balanced") else "loglik",
-                            normalize=bool(meta.get("normalize", False)))
+                            normalize=bool(meta.get("normalize", False)), logit_offset=offset)
     print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
           f"selection {mode}, {'unit-length' if meta.get('normalize') else 'raw'} features", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,

@@ -7,17 +7,22 @@ so the student's hard-label loss skips the teacher's likely mistakes (the KD ter
 pixel). `selection: balanced` is the pseudo labels' class-balanced rule (engine.labelling): a first
 pass pools sampled confidences per predicted class, then a pixel stays when its confidence reaches
 the lower of `threshold` and its class's `percentile`, so a class the teacher is rarely sure of keeps
-its most confident pixels. Optional AdaBN first re-estimates the batch-norm statistics on the target images
+its most confident pixels. `align_prior` first shifts the logits so that their mean prediction matches
+the source label distribution (engine.prior_alignment). Optional AdaBN first re-estimates the batch-norm statistics on the target images
 (design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
 Labels are `<out_dir>/<image file name>` palette PNGs (written into a temporary folder renamed
 into place); the quality JSON scores them against target ground truth when it exists.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+
+import numpy as np
 
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import predict_label_maps
+from bismap.engine.prior_alignment import offset_for
 from bismap.engine.labelling import apply_selection, pooled_thresholds, thread_record
 from bismap.engine.stage_setup import setup_device
 
@@ -38,9 +43,22 @@ def adapt_if_enabled(model, dataset, cfg: dict, data: dict, device, section: str
     return used
 
 
+def ground_truth(gt, gt_index: dict, target_gt: dict, name: str, file: str, shape: tuple) -> np.ndarray:
+    """The target-train ground truth of one labelled image (for the quality JSON only)."""
+    if name not in gt_index:
+        raise InputError(f"{target_gt.get('root')}: no ground truth for target image {file}")
+    truth = gt[gt_index[name]]["label"]
+    if truth.shape != shape:
+        raise InputError(f"{target_gt.get('root')}: ground truth of {file} is {truth.shape}, "
+                         f"labels are {shape} (give both specs the same size)")
+    return truth
+
+
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
-        out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1) -> None:
-    """Write the teacher's hard labels for every `target` image, and their quality JSON."""
+        out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1,
+        prior: str | Path | None = None) -> None:
+    """Write the teacher's hard labels for every `target` image, and their quality JSON (`prior`: the
+    source class prior file, needed when `cfg` holds `prior_alignment` settings)."""
     from bismap.data import open_dataset
     from bismap.data.labels import save_label_png
     from bismap.engine.checkpoint import load_model
@@ -66,9 +84,13 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     n = len(dataset)
     every = max(n // 10, 1)
 
-    def predictions():
+    def predictions(**kw):
         return predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
-                                  device=device, workers=int(runtime["workers"]), confidence=selects)
+                                  device=device, workers=int(runtime["workers"]), confidence=selects, **kw)
+
+    offset = offset_for(cfg.get("prior_alignment"), prior, lambda: predictions(logits_only=True), n, stage=SECTION)
+    if offset is not None:
+        predictions = functools.partial(predictions, logit_offset=offset)
 
     class_thr = pooled_thresholds(((p, c) for _, _, p, _, c in predictions()), n, mode=selection, threshold=threshold,
                                   percentile=float(cfg["percentile"]), sample_pixels=cfg["sample_pixels"],
@@ -79,14 +101,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
             if selects:
                 pred = apply_selection(pred, conf, selection, threshold, class_thr)
             save_label_png(tmp / file, pred)
-            truth = None
-            if gt is not None:
-                if name not in gt_index:
-                    raise InputError(f"{target_gt.get('root')}: no ground truth for target image {file}")
-                truth = gt[gt_index[name]]["label"]
-                if truth.shape != pred.shape:
-                    raise InputError(f"{target_gt.get('root')}: ground truth of {file} is {truth.shape}, "
-                                     f"labels are {pred.shape} (give both specs the same size)")
+            truth = None if gt is None else ground_truth(gt, gt_index, target_gt, name, file, pred.shape)
             if (k + 1) % every == 0 or k + 1 == n:
                 print(f"teacher labels: {k + 1}/{n} images", flush=True)
             yield pred, truth
@@ -96,5 +111,6 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip, "selection": selection,
                     "threshold": threshold,
                     **({"class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}} if class_thr else {}),
-                    "adabn": bool(cfg["adabn"]["enabled"]), **thread_record()})
+                    "adabn": bool(cfg["adabn"]["enabled"]),
+                    **({"prior_offset": offset.tolist()} if offset is not None else {}), **thread_record()})
     write_json(out_quality, quality)

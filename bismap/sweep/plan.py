@@ -50,25 +50,26 @@ def parse_summary(text: str) -> list[dict]:
     return rows
 
 
-def rerun_roots(summary_output: str) -> tuple[list[str], bool, bool]:
-    """(rules to rerun for their own sake, whether any output is missing, whether records are missing).
+def rerun_roots(summary_output: str) -> tuple[list[str], list[str], bool]:
+    """(rules to rerun for their own sake, rules with a missing output, whether records are missing).
 
     Records are missing when an existing output has no provenance entry (its `input-file(s)` is
     "-"): then Snakemake cannot see a params change, so an empty root list proves nothing.
     """
     roots: set[str] = set()
-    missing = no_records = False
+    missing: set[str] = set()
+    no_records = False
     for row in parse_summary(summary_output):
         status = row["status"]
         if status in NOT_FILES:
             continue
         if status == "missing":
-            missing = True
+            missing.add(row["rule"])
         elif row["input-file(s)"] == "-":
             no_records = True
         if status in OWN_REASONS and row["plan"] == "update pending":
             roots.add(row["rule"])
-    return sorted(roots), missing, no_records
+    return sorted(roots), sorted(missing), no_records
 
 
 def snakemake_cmd(snakemake: str, spec: dict, overlay_path: Path, extra_args: Sequence[str]) -> list[str]:
@@ -97,8 +98,10 @@ def reuse_plan(spec: dict, ablation: str, seed: Any, snakemake: str, results_roo
         raise InputError(f"benchmark: summary of {ablation} against {ref_exp} failed:\n{proc.stderr[-2000:]}")
     roots, missing, no_records = rerun_roots(proc.stdout)
     if missing:
-        print(f"benchmark: {ref_exp} is incomplete; {ablation} runs from scratch", flush=True)
-        return None
+        # the reference finished (its summary.json exists), so these are jobs the ablation adds (e.g. the
+        # source prior of prior alignment) or files deleted since: either way they run in the copy
+        print(f"benchmark: {ablation} adds or rebuilds {', '.join(missing)} in the copy of {ref_exp}", flush=True)
+        roots = sorted(set(roots) | set(missing))
     if no_records or (spec["ablations"][ablation] and not roots):
         # without provenance records Snakemake cannot see a params change: copying would be unsafe
         print(f"benchmark: {ref_exp} lacks Snakemake provenance records; {ablation} runs from scratch", flush=True)

@@ -1,0 +1,96 @@
+"""Class-prior alignment of a network's target predictions (distribution alignment).
+
+Under domain shift a network over-predicts some classes on the target and starves others (on
+the suburb preset the warm-up labels 3.5 % of target pixels truck, against 0.6 % truth and 1.3 %
+of source pixels): its softmax carries the source classifier's bias, and every label rule that
+reads it (the `agree` veto, the class-balanced cut, the teacher's argmax) inherits it. Alignment
+adds one per-class logit offset so that the mean target prediction matches the source label
+prior: offset += strength * (log prior - log mean prediction), repeated `iterations` times, each
+mean re-estimated under the offset so far (one iteration is ReMixMatch's distribution alignment,
+Berthelot et al. 2020; more approach the fixed point where the aligned mean equals the prior).
+The means come from a seeded sample of pixel logits, so memory does not grow with the data set.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from bismap.data.labels import NUM_CLASSES
+from bismap.io import InputError
+
+PRIOR_FORMAT = "bismap-class-prior/1"
+
+
+def read_prior(path: str | os.PathLike) -> np.ndarray:
+    """The source class prior [19] (float64, sums to 1) from the source_prior stage's json."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read the class prior ({e})") from None
+    if obj.get("format") != PRIOR_FORMAT or len(obj.get("pixels", [])) != NUM_CLASSES:
+        raise InputError(f"{path}: not a {PRIOR_FORMAT} file with {NUM_CLASSES} pixel counts")
+    pixels = np.asarray(obj["pixels"], dtype=np.float64)
+    if pixels.sum() <= 0 or (pixels < 0).any():
+        raise InputError(f"{path}: class pixel counts must be >= 0 with a positive sum")
+    return pixels / pixels.sum()
+
+
+def sample_logits(logits: Iterable[torch.Tensor], n_images: int, sample_pixels: int, seed: int) -> torch.Tensor:
+    """[N, C] float64: about sample_pixels / n_images random pixels of each [C, H, W] logit map."""
+    per_image = max(1, -(-int(sample_pixels) // max(1, int(n_images))))
+    gen = torch.Generator().manual_seed(int(seed))
+    parts = []
+    for lg in logits:
+        flat = lg.reshape(lg.shape[0], -1)
+        idx = torch.randint(flat.shape[1], (min(per_image, flat.shape[1]),), generator=gen)
+        parts.append(flat[:, idx.to(flat.device)].T.double().cpu())  # index on the device: maps can be large
+    if not parts:
+        raise InputError("prior alignment: no target image to estimate the mean prediction from")
+    return torch.cat(parts)
+
+
+def alignment_offset(sample: torch.Tensor, prior: np.ndarray, *, strength: float, iterations: int,
+                     classes: list[int] | None = None) -> torch.Tensor:
+    """Per-class logit offset [C] (float64) that moves the sample's mean softmax towards `prior`.
+
+    Classes outside `classes` (or with zero prior) get no offset: a class the labels may not
+    assign, or that the source never shows, is not pushed either way.
+    """
+    prior_t = torch.as_tensor(prior, dtype=torch.float64)
+    active = prior_t > 0
+    if classes is not None:
+        mask = torch.zeros_like(active)
+        mask[list(classes)] = True
+        active &= mask
+    offset = torch.zeros(sample.shape[1], dtype=torch.float64)
+    for _ in range(int(iterations)):
+        mean = torch.softmax(sample + offset, dim=1).mean(0).clamp_min(1e-12)
+        step = float(strength) * (prior_t.clamp_min(1e-12).log() - mean.log())
+        offset = offset + torch.where(active, step, torch.zeros_like(step))
+    return offset
+
+
+def offset_for(cfg: dict | None, prior_path, logit_maps: Callable[[], Iterable[torch.Tensor]], n_images: int,
+               classes: list[int] | None = None, stage: str = "") -> torch.Tensor | None:
+    """The offset for a stage's `prior_alignment` settings (None: the stage does not align; the rule
+    passes them only when its `align_prior` is on), with a one-line report."""
+    if cfg is None:
+        return None
+    if prior_path is None:
+        raise InputError(f"{stage}: prior_alignment is enabled but no source class prior file was given")
+    prior = read_prior(prior_path)
+    sample = sample_logits(logit_maps(), n_images, int(cfg["sample_pixels"]), int(cfg["seed"]))
+    before = torch.softmax(sample, 1).mean(0)
+    offset = alignment_offset(sample, prior, strength=float(cfg["strength"]), iterations=int(cfg["iterations"]),
+                              classes=classes)
+    after = torch.softmax(sample + offset, 1).mean(0)
+    moved = ", ".join(f"{c}: {100 * before[c]:.1f}->{100 * after[c]:.1f} (source {100 * prior[c]:.1f})"
+                      for c in torch.argsort((before - after).abs(), descending=True)[:4].tolist())
+    print(f"{stage}: prior alignment on {sample.shape[0]} sampled pixels; largest moves, class: mean prediction % "
+          f"{moved}", flush=True)
+    return offset
