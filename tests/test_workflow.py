@@ -24,7 +24,7 @@ WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "configs", "config.yaml", "en
 
 ALL_RULES = {
     "synthetic_data": 1, "stylize": 1, "preflight": 3, "warmup": 1, "oracle": 1, "class_entropy": 1, "stm_features": 1,
-    "stm_prototypes": 1, "stm_maps": 1, "source_features": 1, "fit_prototypes": 1, "pseudo_labels": 1,
+    "stm_prototypes": 1, "stm_maps": 1, "source_features": 1, "fit_prototypes": 1, "source_prior": 1, "pseudo_labels": 1,
     "naive_labels": 1, "naive_self_training": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
     "evaluate": 6, "report": 1, "all": 1,
 }
@@ -244,6 +244,11 @@ EXACT_RERUNS = [
      {"distillation": 2, "teacher_labels": 1, "evaluate": 2, "report": 1, "all": 1}),
     # A pseudo-label key: pseudo labels and everything downstream; not warm-up, STM or baselines.
     ("pseudo_labels: {percentile: 40.0}\n",
+     {"pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3, "report": 1,
+      "all": 1}),
+    # A prior-alignment key: both label stages that align and what follows them; the source prior
+    # itself reads only `source_images`.
+    ("prior_alignment: {strength: 0.5}\n",
      {"pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3, "report": 1,
       "all": 1}),
     # A k-means key of the STM: prototypes, maps and what they feed; not the grid features
