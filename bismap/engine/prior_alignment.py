@@ -12,7 +12,6 @@ The means come from a seeded sample of pixel logits, so memory does not grow wit
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Iterable
 
@@ -20,19 +19,15 @@ import numpy as np
 import torch
 
 from bismap.data.labels import NUM_CLASSES
-from bismap.io import InputError
+from bismap.io import InputError, read_json
 
 PRIOR_FORMAT = "bismap-class-prior/1"
 
 
 def read_prior(path: str | os.PathLike) -> np.ndarray:
     """The source class prior [19] (float64, sums to 1) from the source_prior stage's json."""
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot read the class prior ({e})") from None
-    if obj.get("format") != PRIOR_FORMAT or len(obj.get("pixels", [])) != NUM_CLASSES:
+    obj = read_json(path)
+    if not isinstance(obj, dict) or obj.get("format") != PRIOR_FORMAT or len(obj.get("pixels", [])) != NUM_CLASSES:
         raise InputError(f"{path}: not a {PRIOR_FORMAT} file with {NUM_CLASSES} pixel counts")
     pixels = np.asarray(obj["pixels"], dtype=np.float64)
     if pixels.sum() <= 0 or (pixels < 0).any():
