@@ -247,6 +247,80 @@ def test_balanced_selection_keeps_every_confident_pixel_and_the_top_of_unsure_cl
     assert out[0, 0] == 9 and out[0, 1] == 255
 
 
+def test_replayable_pass_replays_within_its_budget_and_recomputes_past_it() -> None:
+    from bismap.engine.labelling import replayable
+
+    calls = []
+
+    def produce():
+        calls.append(1)
+        for i in range(4):
+            yield i, np.full(256, i, np.uint8)   # 256 bytes per result
+
+    passes = replayable(produce, budget_mb=2048 / 2 ** 20)   # 2 KiB: all four fit
+    first, second = list(passes()), list(passes())
+    assert len(calls) == 1 and all(a[1] is b[1] for a, b in zip(first, second))
+    calls.clear()
+    passes = replayable(produce, budget_mb=512 / 2 ** 20)    # two of four fit: every pass recomputes
+    assert [i for i, _ in passes()] == [i for i, _ in passes()] == [0, 1, 2, 3] and len(calls) == 2
+    calls.clear()
+    passes = replayable(produce, budget_mb=1.0)
+    next(iter(passes()))                                     # an abandoned pass keeps nothing
+    assert [i for i, _ in passes()] == [0, 1, 2, 3] and len(calls) == 2
+    calls.clear()
+    passes = replayable(produce, budget_mb=0)
+    list(passes()), list(passes())
+    assert len(calls) == 2
+
+
+def test_label_stages_write_the_same_labels_with_and_without_the_replay(tiny, colour_model, monkeypatch) -> None:
+    """The class-balanced (and prior-aligned) label stages read the target once when their passes fit in
+    runtime.label_cache_mb, and write exactly the labels they write when every pass recomputes."""
+    import bismap.stages.pseudo_labels as pseudo_labels
+    import bismap.stages.teacher_labels as teacher_labels
+    from bismap.stages import fit_prototypes, naive_labels
+
+    tmp_path, ckpt, src, tgt, tgt_gt = tiny
+    gmm = tmp_path / "gmm.pt"
+    fit_prototypes.run(features_h5=_features(tmp_path, ckpt, src), out_path=gmm,
+                       cfg=proto_cfg(components=2, seed=0, kmeans_n_init=2))
+    forwards = []
+    real, real_forward = teacher_labels.item_logits, pseudo_labels.forward
+    monkeypatch.setattr(teacher_labels, "item_logits", lambda *a, **k: (forwards.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(pseudo_labels, "forward", lambda *a, **k: (forwards.append(1), real_forward(*a, **k))[1])
+    prior = tmp_path / "prior.json"
+    prior.write_text(json.dumps({"format": "bismap-class-prior/1", "pixels": [1000 - 40 * c for c in range(19)]}))
+    balanced = {"scales": [1.0], "flip": True, "adabn": NO_ADABN, "selection": "balanced", "threshold": 0.9,
+                "percentile": 50.0, "sample_pixels": None, "seed": 0}
+    aligned = {**balanced, "prior_alignment": {"strength": 1.0, "iterations": 3, "sample_pixels": 500, "seed": 0}}
+    naive_cfg = schema_defaults("naive", selection="balanced", percentile=50.0, sample_pixels=None, adabn=NO_ADABN)
+    written: dict = {}
+    for cache_mb in (0, 64):
+        runtime = {**RUNTIME, "label_cache_mb": cache_mb}
+        for name, cfg, passes in (("balanced", balanced, 2), ("aligned", aligned, 3)):
+            forwards.clear()
+            teacher_labels.run(checkpoint=ckpt, target=tgt, target_gt=tgt_gt, out_dir=tmp_path / f"{name}{cache_mb}",
+                               out_quality=tmp_path / f"{name}{cache_mb}.json", cfg=cfg, data=DATA, runtime=runtime,
+                               prior=prior)
+            assert len(forwards) == (passes if cache_mb == 0 else 1)
+        naive_labels.run(checkpoint=ckpt, target=tgt, target_gt=tgt_gt, out_dir=tmp_path / f"naive{cache_mb}",
+                         out_quality=tmp_path / f"naive{cache_mb}.json", cfg=naive_cfg, data=DATA, runtime=runtime)
+        forwards.clear()
+        pseudo_labels.run(checkpoint=ckpt, prototypes=gmm, target=tgt, target_gt=tgt_gt,
+                          out_dir=tmp_path / f"pseudo{cache_mb}", out_quality=tmp_path / f"pseudo{cache_mb}.json",
+                          data=DATA, runtime=runtime, prior=prior,
+                          cfg={**schema_defaults("pseudo_labels", rule="agree", selection="balanced", percentile=50.0,
+                                                 adabn=NO_ADABN), "prior_alignment": aligned["prior_alignment"]})
+        assert len(forwards) == 4 * (3 if cache_mb == 0 else 1)   # alignment, thresholds, labels: 4 images each
+        names = ("balanced", "aligned", "naive", "pseudo")
+        written[cache_mb] = {f"{name}/{p.name}": p.read_bytes() for name in names
+                             for p in sorted((tmp_path / f"{name}{cache_mb}").iterdir())}
+        written[cache_mb].update({name: json.loads((tmp_path / f"{name}{cache_mb}.json").read_text())
+                                  for name in names})
+    assert written[0] == written[64] and len(written[0]) == 4 * 4 + 4
+    assert "prior_offset" in written[0]["aligned"] and written[0]["aligned"] != written[0]["balanced"]
+
+
 def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:
     from bismap.stages import fit_prototypes, pseudo_labels
 

@@ -217,31 +217,30 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray, *, mean, std, scal
         return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
-def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, mean, std,
-                       device: torch.device | str, workers: int = 0, confidence: bool = False,
-                       logit_offset: torch.Tensor | None = None, logits_only: bool = False):
-    """Yield (name, file, prediction uint8 [H,W], label uint8 [H,W] or None, confidence) for every item.
-
-    `confidence`: the softmax probability of the predicted class (float32 [H,W]) when asked, else None.
-    `logit_offset` [C] is added to the averaged logits (prior alignment); `logits_only` yields just
-    the logits [C,H,W] on the device instead.
-
-    Like engine.inference.predict_dataset, but the argmax (at the label size) happens on the
-    device: copying full-resolution 19-channel logits to the host per image would dominate.
-    """
+def item_logits(model: torch.nn.Module, dataset, *, scales, flip: bool, mean, std, device: torch.device | str,
+                workers: int = 0) -> Iterator[tuple[dict, torch.Tensor]]:
+    """Yield (item, logits [1,C,H,W] on the device) for every item: multi-scale x flip averaged."""
     from bismap.engine.inference import normalise_image, predict_logits
 
-    has_labels = bool(getattr(dataset, "has_labels", True))
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=int(workers),
                                          collate_fn=_identity)
     model.eval()
     with torch.no_grad():
         for item in loader:
             x = normalise_image(item["image"], mean, std).unsqueeze(0).to(device)
-            logits = predict_logits(model, x, scales=tuple(float(s) for s in scales), flip=bool(flip))
-            if logits_only:
-                yield logits[0]
-                continue
+            yield item, predict_logits(model, x, scales=tuple(float(s) for s in scales), flip=bool(flip))
+
+
+def label_maps(pairs: Iterable[tuple[dict, torch.Tensor]], *, has_labels: bool = True, confidence: bool = False,
+               logit_offset: torch.Tensor | None = None):
+    """(name, file, prediction uint8 [H,W], label uint8 [H,W] or None, confidence or None) per (item, logits).
+
+    `logit_offset` [C] is added to the logits (prior alignment); the logits are resampled to the
+    label's size when it differs. The argmax happens on the device: copying full-resolution
+    19-channel logits to the host per image would dominate.
+    """
+    with torch.no_grad():
+        for item, logits in pairs:
             if logit_offset is not None:
                 logits = logits + logit_offset.to(device=logits.device, dtype=logits.dtype)[None, :, None, None]
             label = item.get("label") if has_labels else None
@@ -254,3 +253,13 @@ def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, m
             else:
                 pred, conf = logits.argmax(1)[0].to(torch.uint8).cpu().numpy(), None
             yield item["name"], item.get("file", item["name"]), pred, label, conf
+
+
+def predict_label_maps(model: torch.nn.Module, dataset, *, scales, flip: bool, mean, std,
+                       device: torch.device | str, workers: int = 0, confidence: bool = False,
+                       logit_offset: torch.Tensor | None = None):
+    """Yield (name, file, prediction uint8 [H,W], label uint8 [H,W] or None, confidence) for every item
+    (`confidence`: the softmax probability of the predicted class, float32 [H,W], else None)."""
+    pairs = item_logits(model, dataset, scales=scales, flip=flip, mean=mean, std=std, device=device, workers=workers)
+    yield from label_maps(pairs, has_labels=bool(getattr(dataset, "has_labels", True)), confidence=confidence,
+                          logit_offset=logit_offset)

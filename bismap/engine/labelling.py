@@ -10,7 +10,7 @@ ground truth.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,53 @@ from bismap.io import InputError, atomic_dir, write_json
 DEFAULT_CONFIDENCE = 0.9  # selection confidence with threshold null
 
 Predictor = Callable[[dict], tuple[np.ndarray, np.ndarray]]  # item -> (label uint8 [H,W], score float [H,W])
+T = TypeVar("T")
+
+
+def nbytes(value: Any) -> int:
+    """Bytes held by the arrays and tensors in `value` (nested tuples, lists, dicts; anything else counts 0)."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, torch.Tensor):
+        return int(value.element_size() * value.nelement())
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(nbytes(v) for v in value)
+    return 0
+
+
+def replayable(produce: Callable[[], Iterable[T]], budget_mb: float) -> Callable[[], Iterator[T]]:
+    """A pass over the images whose results the next pass replays instead of recomputing.
+
+    The class-balanced rules read every image twice (thresholds from a sample, then the labels), and
+    the second forward (+ GMM) pass is a third of a label stage. Results are kept while they fit in
+    `budget_mb` (0: never) and only from a pass that ran to the end; past the budget (full-size
+    Cityscapes) each pass recomputes. Either way the labels are the same: the replayed arrays are the
+    ones the same computation produced. Consumers must not modify what they get.
+    """
+    budget = float(budget_mb) * 2 ** 20
+    store: list[T] | None = None
+
+    def passes() -> Iterator[T]:
+        nonlocal store
+        if store is not None:
+            yield from store
+            return
+        kept: list[T] | None = [] if budget > 0 else None
+        size = 0
+        for result in produce():
+            if kept is not None:
+                size += nbytes(result)
+                if size > budget:
+                    kept = None
+                else:
+                    kept.append(result)
+            yield result
+        if kept is not None:
+            store = kept
+
+    return passes
 
 
 
@@ -70,24 +117,22 @@ def sample_scores(label: np.ndarray, score: np.ndarray, n: int | None, rng: np.r
         into.setdefault(int(c), []).append(sc[lab == c].astype(np.float64))
 
 
-def _quality_pairs(ds, gt_ds, predict: Predictor, mode: str, threshold: float, class_thr, out_dir: Path,
-                   stage: str) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    gt_index = None if gt_ds is None else {n: i for i, n in enumerate(gt_ds.names)}
-    n = len(ds)
-    for i in range(n):
-        item = ds[i]
-        label, score = predict(item)
-        final = apply_selection(label, score, mode, threshold, class_thr)
-        from bismap.data.labels import save_label_png
+def _quality_pairs(results: Iterable[tuple[str, str, np.ndarray, np.ndarray]], n: int, gt_ds, mode: str,
+                   threshold: float, class_thr, out_dir: Path, stage: str
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    from bismap.data.labels import save_label_png
 
-        save_label_png(out_dir / item["file"], final)
+    gt_index = None if gt_ds is None else {name: i for i, name in enumerate(gt_ds.names)}
+    for i, (name, file, label, score) in enumerate(results):
+        final = apply_selection(label, score, mode, threshold, class_thr)
+        save_label_png(out_dir / file, final)
         gt = None
         if gt_index is not None:
-            if item["name"] not in gt_index:
-                raise InputError(f"target_gt: no ground truth for {item['name']}")
-            gt = gt_ds[gt_index[item["name"]]]["label"]
+            if name not in gt_index:
+                raise InputError(f"target_gt: no ground truth for {name}")
+            gt = gt_ds[gt_index[name]]["label"]
             if gt.shape != final.shape:
-                raise InputError(f"target_gt: {item['name']} label is {gt.shape}, pseudo label {final.shape}; "
+                raise InputError(f"target_gt: {name} label is {gt.shape}, pseudo label {final.shape}; "
                                  f"give both specs the same size")
         if (i + 1) % 10 == 0 or i + 1 == n:
             kept = float((final != IGNORE).mean())
@@ -113,17 +158,26 @@ def pooled_thresholds(pairs, n: int, *, mode: str, threshold: float | None, perc
 
 
 def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: str, threshold: float,
-                 percentile: float, sample_pixels: int | None, seed: int, stage: str) -> None:
-    """Shared driver: optional first pass for per-class percentiles, then label, save, and score."""
+                 percentile: float, sample_pixels: int | None, seed: int, stage: str, cache_mb: float = 0) -> None:
+    """Shared driver: optional first pass for per-class percentiles, then label, save, and score
+    (`cache_mb`: the first pass's results are replayed by the second while they fit, see `replayable`)."""
     from bismap.evaluation.quality import label_quality
+
+    n = len(ds)
+
+    def results() -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+        for i in range(n):
+            item = ds[i]
+            yield (item["name"], item["file"], *predict(item))
 
     class_thr = None
     if mode in ("percentile", "balanced"):
-        class_thr = pooled_thresholds((predict(ds[i]) for i in range(len(ds))), len(ds), mode=mode,
+        results = replayable(results, cache_mb)
+        class_thr = pooled_thresholds(((label, score) for _, _, label, score in results()), n, mode=mode,
                                       threshold=threshold, percentile=percentile, sample_pixels=sample_pixels,
                                       seed=seed, stage=stage)
     with atomic_dir(out_dir) as tmp:
-        quality = label_quality(_quality_pairs(ds, gt_ds, predict, mode, threshold, class_thr, Path(tmp), stage))
+        quality = label_quality(_quality_pairs(results(), n, gt_ds, mode, threshold, class_thr, Path(tmp), stage))
     if class_thr is not None and isinstance(quality, dict):
         quality = {**quality, "class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}}
     write_json(out_quality, {**quality, **thread_record()})

@@ -27,7 +27,7 @@ import torch
 from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
 from bismap.engine.inference import forward, to_input
 from bismap.engine.prior_alignment import offset_for
-from bismap.engine.labelling import Predictor, label_target, prepare_model, selection_settings
+from bismap.engine.labelling import Predictor, label_target, nbytes, prepare_model, selection_settings
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
 from bismap.io import InputError
 from bismap.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes, unit_rows
@@ -131,12 +131,31 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
     return predict
 
 
-def network_logits(model, ds, mean, std, device, flip: bool) -> Iterator[torch.Tensor]:
-    """The network's stride-4 logits [19, h, w] of every target image (the prior alignment's sample)."""
+def network_logits(model, ds, mean, std, device, flip: bool, keep: dict | None = None,
+                   keep_mb: float = 0) -> Iterator[torch.Tensor]:
+    """The network's stride-4 logits [19, h, w] of every target image (the prior alignment's sample).
+    `keep`: filled with image name -> (feature, logits) while they fit in `keep_mb`, so that the
+    labelling pass does not run the network again."""
+    budget, size = float(keep_mb) * 2 ** 20, 0
     for i in range(len(ds)):
+        item = ds[i]
         with torch.no_grad():
-            logits = forward(model, to_input([ds[i]], mean, std, device), flip)[1][0]
-        yield logits
+            feat, logits = forward(model, to_input([item], mean, std, device), flip)
+        size += nbytes((feat, logits))
+        if keep is not None and size <= budget:
+            keep[item["name"]] = (feat, logits)
+        yield logits[0]
+
+
+def reusing(predict: Predictor, kept: dict) -> Predictor:
+    """`predict` that takes an image's network outputs from `kept` (dropping them) when they are there."""
+    def from_kept(item: dict) -> tuple[np.ndarray, np.ndarray]:
+        outputs = kept.pop(item["name"], None)
+        if outputs is None:
+            return predict(item)
+        return predict.label_features(*outputs, item["image"].shape[:2])  # type: ignore[attr-defined]
+
+    return from_kept
 
 
 def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target: dict, target_gt: dict | None,
@@ -155,7 +174,10 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
         raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
     mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence", "balanced"))
     rule = str(cfg["rule"])
-    offset = offset_for(cfg.get("prior_alignment"), prior, lambda: network_logits(model, ds, mean, std, device, bool(cfg["flip"])),
+    kept: dict = {}   # the alignment's forward pass, reused by the first labelling pass while it fits
+    offset = offset_for(cfg.get("prior_alignment"), prior,
+                        lambda: network_logits(model, ds, mean, std, device, bool(cfg["flip"]), kept,
+                                               float(runtime["label_cache_mb"])),
                         len(ds), classes=cfg["classes"], stage="pseudo_labels")
     predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
                             chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
@@ -163,6 +185,6 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
                             normalize=bool(meta.get("normalize", False)), logit_offset=offset)
     print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
           f"selection {mode}, {'unit-length' if meta.get('normalize') else 'raw'} features", flush=True)
-    label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,
+    label_target(ds=ds, gt_ds=gt_ds, predict=reusing(predict, kept), out_dir=out_dir, out_quality=out_quality, mode=mode,
                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
-                 stage="pseudo_labels")
+                 stage="pseudo_labels", cache_mb=float(runtime["label_cache_mb"]))

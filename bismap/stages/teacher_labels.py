@@ -15,15 +15,14 @@ into place); the quality JSON scores them against target ground truth when it ex
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
 from bismap.io import InputError, atomic_dir, write_json
-from bismap.engine.inference import predict_label_maps
+from bismap.engine.inference import item_logits, label_maps
 from bismap.engine.prior_alignment import offset_for
-from bismap.engine.labelling import apply_selection, pooled_thresholds, thread_record
+from bismap.engine.labelling import apply_selection, pooled_thresholds, replayable, thread_record
 from bismap.engine.stage_setup import setup_device
 
 SECTION = "teacher_labels"
@@ -52,6 +51,32 @@ def ground_truth(gt, gt_index: dict, target_gt: dict, name: str, file: str, shap
         raise InputError(f"{target_gt.get('root')}: ground truth of {file} is {truth.shape}, "
                          f"labels are {shape} (give both specs the same size)")
     return truth
+
+
+def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device, prior):
+    """(a callable giving one pass of (name, file, prediction, label, confidence), the prior offset or None).
+
+    Up to three passes read the target (the alignment's logits, the balanced thresholds, the labels):
+    each later one replays the one before while it fits in runtime.label_cache_mb.
+    """
+    cache_mb = float(runtime["label_cache_mb"])
+
+    def forward_pass():
+        return item_logits(model, dataset, scales=[float(s) for s in cfg["scales"]], flip=bool(cfg["flip"]),
+                           mean=data["mean"], std=data["std"], device=device, workers=int(runtime["workers"]))
+
+    if cfg.get("prior_alignment"):
+        forward_pass = replayable(forward_pass, cache_mb)
+    offset = offset_for(cfg.get("prior_alignment"), prior, lambda: (lg[0] for _, lg in forward_pass()),
+                        len(dataset), stage=SECTION)
+
+    def predictions():
+        return label_maps(forward_pass(), has_labels=bool(getattr(dataset, "has_labels", True)),
+                          confidence=str(cfg["selection"]) != "none", logit_offset=offset)
+
+    if str(cfg["selection"]) == "balanced":
+        predictions = replayable(predictions, cache_mb)
+    return predictions, offset
 
 
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
@@ -84,14 +109,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     n = len(dataset)
     every = max(n // 10, 1)
 
-    def predictions(**kw):
-        return predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
-                                  device=device, workers=int(runtime["workers"]), confidence=selects, **kw)
-
-    offset = offset_for(cfg.get("prior_alignment"), prior, lambda: predictions(logits_only=True), n, stage=SECTION)
-    if offset is not None:
-        predictions = functools.partial(predictions, logit_offset=offset)
-
+    predictions, offset = teacher_passes(model, dataset, cfg, data, runtime, device, prior)
     class_thr = pooled_thresholds(((p, c) for _, _, p, _, c in predictions()), n, mode=selection, threshold=threshold,
                                   percentile=float(cfg["percentile"]), sample_pixels=cfg["sample_pixels"],
                                   seed=int(cfg["seed"]), stage="teacher labels") if selection == "balanced" else None
