@@ -295,8 +295,14 @@ def test_teacher_mode_and_rampup() -> None:
 
 class _Ctx:
     def __init__(self, model, batches):
+        from bismap.engine.side_thread import SideThread
+
         self.model, self.batches, self.ema, self.iteration = model, batches, None, 0
         self.autocast = contextlib.nullcontext
+        self.side = SideThread(False)
+
+    def branch(self, *losses):
+        pass
 
 
 def _batches():

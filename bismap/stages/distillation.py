@@ -42,11 +42,13 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
         raise InputError(f"config: `{SECTION}.kd.variant` must be 'kl' or 'original', got {variant!r}")
 
     def loss_fn(ctx):
-        losses, tgt_logits = supervised(ctx)
+        if kd_weight != 0.0:  # the teacher's forward runs on the side thread meanwhile
+            pending = ctx.side.forward(teacher, ctx.batches["target"]["image"], ctx.autocast)
+        losses, tgt_logits = supervised(ctx, target_branch_open=kd_weight != 0.0)
         if kd_weight != 0.0:
-            with torch.no_grad(), ctx.autocast():
-                _, teacher_logits = teacher(ctx.batches["target"]["image"])
+            _, teacher_logits = pending.result()
             losses["kd"] = kd_weight * distillation_loss(tgt_logits.float(), teacher_logits.float(), variant=variant)
+            ctx.branch(losses["target_sce"], losses["kd"])
         return losses
 
     return loss_fn
@@ -100,4 +102,5 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_chec
                 train_cfg=train, out_checkpoint=Path(out_checkpoint), fingerprint=fp,
                 log_every=runtime["log_every"], checkpoint_every=runtime["checkpoint_every"],
                 ema_decay=None, device=device,
-                model_config=student_cfg, extra_state={"data": normalisation(data)})
+                model_config=student_cfg, extra_state={"data": normalisation(data)},
+                side_thread=runtime["side_thread"])

@@ -63,15 +63,17 @@ def make_loss_fn(cfg: dict):
     use_consistency = consistency_enabled(cfg)
 
     def loss_fn(ctx):
+        if use_consistency:  # the EMA teacher's forward runs on the side thread meanwhile
+            tgt = ctx.batches["target"]
+            teacher = ctx.side.forward(ctx.ema, tgt["image"], ctx.autocast, mode=teacher_mode)
         losses, _ = supervised(ctx)
         if use_consistency:
-            tgt = ctx.batches["target"]
-            with torch.no_grad(), teacher_mode(ctx.ema), ctx.autocast():
-                _, teacher_logits = ctx.ema(tgt["image"])
+            _, teacher_logits = teacher.result()
             with ctx.autocast():
                 _, strong_logits = ctx.model(tgt["strong"])
             w = consistency_weight(cfg, ctx.iteration)
             losses["consistency"] = w * consistency_kl(strong_logits.float(), teacher_logits.float(), tgt["keep"])
+            ctx.branch(losses["consistency"])
         return losses
 
     return loss_fn
@@ -118,4 +120,4 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoi
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg), streams=streams, train_cfg=train,
                 out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=runtime["log_every"],
                 checkpoint_every=runtime["checkpoint_every"], ema_decay=ema_decay, device=device,
-                model_config=model, extra_state={"data": normalisation(data)})
+                model_config=model, extra_state={"data": normalisation(data)}, side_thread=runtime["side_thread"])
