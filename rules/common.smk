@@ -117,6 +117,12 @@ def stylize_cfg():
     return {k: v for k, v in C("stylize").items() if k != "folder"}
 
 
+# The BiSMAP mainline (warm-up, STM and prototype chains, pseudo labels, self-training, teacher labels,
+# distillation) runs before the baselines, the oracle and the evaluations whenever both are ready: those
+# fill the cores the mainline leaves idle, so with few cores the final model arrives first.
+MAINLINE = 10
+
+
 def threads(stage):
     return C(f"resources/{stage}/threads")
 

@@ -18,6 +18,7 @@ rule source_features:
     benchmark:
         f"{BENCH}/source_features.tsv"
     threads: threads("source_features")
+    priority: MAINLINE
     resources:
         **res("source_features"),
     conda:
@@ -39,6 +40,7 @@ rule fit_prototypes:
     benchmark:
         f"{BENCH}/fit_prototypes.tsv"
     threads: threads("fit_prototypes")
+    priority: MAINLINE
     resources:
         **res("fit_prototypes"),
     conda:
@@ -61,6 +63,7 @@ rule source_prior:
     benchmark:
         f"{BENCH}/source_prior.tsv"
     threads: threads("source_prior")
+    priority: MAINLINE
     resources:
         **res("source_prior"),
     conda:
@@ -89,6 +92,7 @@ rule pseudo_labels:
     benchmark:
         f"{BENCH}/pseudo_labels.tsv"
     threads: threads("pseudo_labels")
+    priority: MAINLINE
     resources:
         **res("pseudo_labels"),
     conda:

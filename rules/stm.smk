@@ -18,6 +18,7 @@ rule class_entropy:
     benchmark:
         f"{BENCH}/class_entropy.tsv"
     threads: threads("class_entropy")
+    priority: MAINLINE
     resources:
         **res("class_entropy"),
     conda:
@@ -45,6 +46,7 @@ rule stm_features:
     benchmark:
         f"{BENCH}/stm_features.tsv"
     threads: threads("stm_features")
+    priority: MAINLINE
     resources:
         **res("stm_features"),
     conda:
@@ -66,6 +68,7 @@ rule stm_prototypes:
     benchmark:
         f"{BENCH}/stm_prototypes.tsv"
     threads: threads("stm_prototypes")
+    priority: MAINLINE
     resources:
         **res("stm_prototypes"),
     conda:
@@ -91,6 +94,7 @@ rule stm_maps:
     benchmark:
         f"{BENCH}/stm_maps.tsv"
     threads: threads("stm_maps")
+    priority: MAINLINE
     resources:
         **res("stm_maps"),
     conda:

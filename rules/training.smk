@@ -27,6 +27,7 @@ rule self_training:
     benchmark:
         f"{BENCH}/self_training.tsv"
     threads: threads("self_training")
+    priority: MAINLINE
     resources:
         **res("self_training"),
     conda:
@@ -54,6 +55,7 @@ rule teacher_labels:
     benchmark:
         f"{BENCH}/teacher_labels_r{{r}}.tsv"
     threads: threads("teacher_labels")
+    priority: MAINLINE
     resources:
         **res("teacher_labels"),
     conda:
@@ -88,6 +90,7 @@ rule distillation:
     benchmark:
         f"{BENCH}/distillation_r{{r}}.tsv"
     threads: threads("distillation")
+    priority: MAINLINE
     resources:
         **res("distillation"),
     conda:

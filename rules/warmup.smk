@@ -20,6 +20,7 @@ rule warmup:
     benchmark:
         f"{BENCH}/warmup.tsv"
     threads: threads("warmup")
+    priority: MAINLINE
     resources:
         **res("warmup"),
     conda:
