@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,7 @@ def test_record_is_kept_atomically_with_provenance(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["experiment"] == "b_full_s1" and rec["seed"] == 1 and rec["wall_s"] == 812.3
     assert rec["cpu"] == benchmark.cpu_model() and rec["cpu"] and rec["commit"] and rec["date"].endswith("Z")
+    assert rec["cpu_type"] == benchmark.cpu_type() and rec["cpu_type"].startswith(platform.machine())
     assert rec["quality"] == {"pseudo.quality.json": {"coverage": 0.5, "accuracy": 0.9}}
     assert rec["summary"]["models"][1]["model"] == "naive self-training"
     assert [p.name for p in path.parent.iterdir()] == ["b_full_s1.json"]   # no temporaries left
@@ -97,11 +99,50 @@ def test_aggregate_combines_records_from_two_folders_and_results(tmp_path):
     diff = full["over_naive"]["BiSMAP self-training"]  # 0.03, 0.04, 0.01
     assert diff["n"] == 3 and diff["mean"] == pytest.approx(0.08 / 3)
     assert diff["hi"] - diff["mean"] == pytest.approx(4.303 * diff["std"] / math.sqrt(3))
-    assert "Other CPU @ 3.0GHz" in table["cpus"] and benchmark.cpu_model() in table["cpus"]
+    assert f"Other CPU @ 3.0GHz ({benchmark.cpu_type()})" in table["cpus"]
+    assert f"{benchmark.cpu_model()} ({benchmark.cpu_type()})" in table["cpus"]
     assert any("results/ without a record" in c for c in table["cpus"])
     assert table["missing"] == ["b_k1_s1", "b_k1_s2", "b_k1_s3"]
     md = benchmark.table_markdown(table)
     assert "+2.7 [-1.1, +6.5] (n=3)" in md and "Other CPU @ 3.0GHz" in md and "3 runs (2 from kept records" in md
+
+
+def test_cpu_type_reads_family_model_and_vector_extension(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw\n\n"
+                    "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 85\nflags\t\t: avx\n")
+    real_path = benchmark.archive.Path
+    monkeypatch.setattr(benchmark.archive, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    assert benchmark.cpu_type() == f"{platform.machine()} family 25 model 17 avx512"
+    info.write_text(info.read_text().replace(" avx512f avx512bw", ""))
+    assert benchmark.cpu_type() == f"{platform.machine()} family 25 model 17 avx2"
+    assert benchmark.cpu_model() == "AMD EPYC"
+
+
+def test_pairs_across_cpu_types_are_left_out(tmp_path):
+    """Two machines rented under one name: seed 2's ablation ran on another CPU type than its reference."""
+    spec = _spec(tmp_path)
+    root = tmp_path / "results"
+    for exp, naive, st in (("b_full_s1", 0.30, 0.33), ("b_full_s2", 0.32, 0.36), ("b_full_s3", 0.28, 0.29),
+                           ("b_k1_s1", 0.30, 0.35), ("b_k1_s2", 0.32, 0.20), ("b_k1_s3", 0.28, 0.32)):
+        _run_dir(root, exp, naive, st)
+        ablation, seed = exp.split("_")[1], int(exp[-1])
+        path = benchmark.archive_run(spec, ablation, seed, root, 1.0)
+        rec = json.loads(path.read_text())
+        rec.update(cpu="AMD EPYC", cpu_type="x86_64 family 25 model 1 avx2" if exp == "b_k1_s2"
+                   else "x86_64 family 25 model 17 avx512")
+        path.write_text(json.dumps(rec))
+    table = benchmark.aggregate(spec, root)
+    diff = table["ablations"]["k1"]["over_reference"]["BiSMAP self-training"]
+    assert diff["n"] == 2 and diff["other_cpu"] == [2] and diff["mean"] == pytest.approx(0.025)
+    assert table["ablations"]["k1"]["over_naive"]["BiSMAP self-training"]["n"] == 3  # within one run: always
+    md = benchmark.table_markdown(table)
+    assert "(n=2, 1 left out: other CPU)" in md and "differences pair only runs on one type" in md
+    # a record older than cpu_type (name only) pairs with any type of that name, not with another name
+    assert benchmark.archive.same_cpu(("AMD EPYC", None), ("AMD EPYC", "x86_64 family 25 model 1 avx2"))
+    assert not benchmark.archive.same_cpu(("AMD EPYC", None), ("Intel Xeon", None))
+    assert benchmark.archive.same_cpu(None, ("Intel Xeon", "x86_64 family 6 model 85 avx512"))
 
 
 def test_missing_and_unfinished_runs_are_not_tabulated(tmp_path):

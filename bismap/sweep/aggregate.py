@@ -2,14 +2,16 @@
 
 Runs are read through archive.load_run: the kept records (benchmark_records/<preset>/<experiment>.json,
 possibly made on other days and machines) first, then finished results/<experiment>/ trees.
-Paired differences (by seed) carry a 95 % t-interval (stats.paired).
+Paired differences (by seed) carry a 95 % t-interval (stats.paired). A pair is only formed from two
+runs on the same CPU type (archive.same_cpu): across types the floating-point results differ by more
+than most effects, so such a pair would measure the machines.
 """
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-from bismap.sweep.archive import load_run
+from bismap.sweep.archive import cpu_key, cpu_of, load_run, same_cpu
 from bismap.sweep.spec import experiment_name, seeds_of
 from bismap.sweep.stats import mean_std, paired
 
@@ -45,14 +47,15 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results",
                     table["missing"].append(experiment_name(spec["prefix"], ablation, seed))
                 continue
             records.append((seed, rec))
-            table["runs"].append({k: rec.get(k) for k in ("experiment", "cpu", "commit", "date", "wall_s", "source")})
+            table["runs"].append({**{k: rec.get(k) for k in ("experiment", "cpu", "commit", "date", "wall_s", "source")},
+                                  "cpu_key": cpu_key(rec)})
         if records:
             table["ablations"][ablation] = _reduce(records)
     ref = table["ablations"].get(table["reference"])
     for name, entry in table["ablations"].items():
         if ref is not None and name != table["reference"]:
             entry["over_reference"] = over_reference(entry["models"], ref["models"])
-    table["cpus"] = sorted({r["cpu"] or "unknown (results/ without a record)" for r in table["runs"]})
+    table["cpus"] = sorted({r["cpu_key"] or "unknown (results/ without a record)" for r in table["runs"]})
     return table
 
 
@@ -64,9 +67,10 @@ def _reduce(records: list[tuple]) -> dict:
         summary = rec["summary"]
         for row in summary.get("models", []):
             entry = per_model.setdefault(row["model"], {"headline": row.get("headline", "miou"), "values": [],
-                                                        "seeds": [], "classes": {}})
+                                                        "seeds": [], "cpus": [], "classes": {}})
             entry["values"].append(row.get("miou_headline"))
             entry["seeds"].append(seed)
+            entry["cpus"].append(cpu_of(rec))
             for cls, iou in (row.get("iou_per_class") or {}).items():
                 entry["classes"].setdefault(cls, []).append(iou)
         for row in summary.get("label_sets", []):
@@ -78,7 +82,7 @@ def _reduce(records: list[tuple]) -> dict:
         entry = per_model[name]
         m, s = mean_std(entry["values"])
         models[name] = {"headline": entry["headline"], "mean": m, "std": s, "n": len(entry["values"]),
-                        "values": entry["values"], "seeds": entry["seeds"],
+                        "values": entry["values"], "seeds": entry["seeds"], "cpus": entry["cpus"],
                         "classes": {c: dict(zip(("mean", "std"), mean_std(v))) for c, v in entry["classes"].items()}}
     labels = {name: {key: dict(zip(("mean", "std"), mean_std(v))) for key, v in entry.items()}
               for name, entry in per_labels.items()}
@@ -87,10 +91,18 @@ def _reduce(records: list[tuple]) -> dict:
 
 
 def _paired_by_seed(a: dict, b: dict) -> dict:
-    """a - b over the seeds both have: mean, std, n and the 95 % t-interval."""
-    b_by_seed = dict(zip(b["seeds"], b["values"]))
-    return paired([v - b_by_seed[s] for s, v in zip(a["seeds"], a["values"])
-                   if s in b_by_seed and v is not None and b_by_seed[s] is not None])
+    """a - b over the seeds both have on the same CPU type: mean, std, n, the 95 % t-interval, and
+    `other_cpu`, the seeds left out because their two runs ran on different CPU types."""
+    b_by_seed = {s: (v, c) for s, v, c in zip(b["seeds"], b["values"], b.get("cpus") or [None] * len(b["seeds"]))}
+    diffs, other_cpu = [], []
+    for s, v, c in zip(a["seeds"], a["values"], a.get("cpus") or [None] * len(a["seeds"])):
+        if s not in b_by_seed or v is None or b_by_seed[s][0] is None:
+            continue
+        if not same_cpu(c, b_by_seed[s][1]):
+            other_cpu.append(s)
+            continue
+        diffs.append(v - b_by_seed[s][0])
+    return {**paired(diffs), "other_cpu": other_cpu}
 
 
 def over_reference(models: dict, reference: dict) -> dict:

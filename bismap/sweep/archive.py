@@ -2,8 +2,9 @@
 
 A full run takes about 15 minutes of both cores, so a benchmark is spread over days and machines.
 After each finished run its record is written atomically to `<archive>/<preset>/<experiment>.json`:
-the run's summary.json, its label-quality jsons, the CPU model (/proc/cpuinfo), the commit, the
-date and the wall time. Aggregation reads these records (from one or more archive folders) and,
+the run's summary.json, its label-quality jsons, the CPU (model name, and its type: family, model and
+widest vector extension, since rented machines of one name differ), the commit, the date and the wall
+time. Aggregation reads these records (from one or more archive folders) and,
 for runs without one, results/<experiment>/summary.json, so runs made anywhere combine.
 """
 from __future__ import annotations
@@ -33,6 +34,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_type() -> str:
+    """What decides the floating-point results besides the code: the CPU family and model and its widest
+    vector extension (/proc/cpuinfo; the architecture elsewhere). Two machines rented as "AMD EPYC" can
+    be a Zen 3 with AVX2 and a Zen 4 with AVX-512, whose kernels give other numbers."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break  # the first processor is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"))
+                if flag in flags), None)
+    parts = [platform.machine() or "unknown"]
+    if "cpu family" in fields:
+        parts.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
+    if isa:
+        parts.append(isa)
+    return " ".join(parts)
+
+
+def cpu_key(rec: dict) -> str | None:
+    """The CPU a record's numbers belong to: model name and type (older records have the name only)."""
+    if rec.get("cpu") is None:
+        return None
+    return f"{rec['cpu']} ({rec['cpu_type']})" if rec.get("cpu_type") else rec["cpu"]
+
+
+def cpu_of(rec: dict) -> tuple[str, str | None] | None:
+    """(model name, type) of a record's CPU; None for a results/ run without a record."""
+    return None if rec.get("cpu") is None else (rec["cpu"], rec.get("cpu_type"))
+
+
+def same_cpu(a: Sequence | None, b: Sequence | None) -> bool:
+    """Whether two runs' numbers may be paired, from their cpu_of: an unknown CPU (results/ only) pairs
+    with anything, and a record older than cpu_type (the model name only) with any type of that name."""
+    if a is None or b is None:
+        return True
+    return a[0] == b[0] and (a[1] is None or b[1] is None or a[1] == b[1])
+
+
 def commit(archive: str | os.PathLike | None = None) -> str:
     """The checked-out commit (with '-dirty' when tracked files other than the records differ), or 'unknown'."""
     exclude = [f":(exclude){archive}"] if archive else []
@@ -57,7 +102,7 @@ def make_record(run_dir: Path, *, preset: str, ablation: str, seed: Any, wall_s:
     quality = {p.name: read_json(p) for p in sorted((run_dir / "labels").glob("*.quality.json"))}
     return {"record_version": RECORD_VERSION, "experiment": run_dir.name, "preset": preset, "ablation": ablation,
             "seed": seed, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit(archive),
-            "cpu": cpu_model(), "cores": cores, "wall_s": None if wall_s is None else round(float(wall_s), 1),
+            "cpu": cpu_model(), "cpu_type": cpu_type(), "cores": cores, "wall_s": None if wall_s is None else round(float(wall_s), 1),
             "reused_from": reused_from, "summary": summary, "quality": quality}
 
 
@@ -73,8 +118,8 @@ def archive_run(spec: dict, ablation: str, seed: Any, results_root: str | os.Pat
             old = read_json(path)
             if old.get("summary") == rec["summary"]:
                 return path
-            if old.get("cpu") not in (None, rec["cpu"]):
-                print(f"benchmark: warning: {path} held a run on {old['cpu']}, replaced by one on {rec['cpu']}; "
+            if not same_cpu(cpu_of(old), cpu_of(rec)):
+                print(f"benchmark: warning: {path} held a run on {cpu_key(old)}, replaced by one on {cpu_key(rec)}; "
                       f"results differ across CPU types, so keep each type's records apart (--archive DIR)",
                       flush=True)
         except (InputError, AttributeError):

@@ -17,10 +17,11 @@ def _fmt(m: float | None, s: float | None) -> str:
 def _diff(d: dict | None) -> str:
     """A paired difference in points: mean [95 % t-interval] (n), or mean (n) below two pairs."""
     if not d or d.get("mean") is None:
-        return "-"
+        return f"- ({len(d['other_cpu'])} left out: other CPU)" if d and d.get("other_cpu") else "-"
+    left_out = f", {len(d['other_cpu'])} left out: other CPU" if d.get("other_cpu") else ""
     if d.get("lo") is None:
-        return f"{100 * d['mean']:+.1f} (n={d['n']})"
-    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (n={d['n']})"
+        return f"{100 * d['mean']:+.1f} (n={d['n']}{left_out})"
+    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (n={d['n']}{left_out})"
 
 
 def _provenance(table: dict) -> list[str]:
@@ -29,7 +30,9 @@ def _provenance(table: dict) -> list[str]:
     commits = sorted({(r.get("commit") or "")[:12] for r in runs if r.get("commit")})
     return [f"Preset `{table.get('preset', 'default')}`: {len(runs)} runs ({kept} from kept records, "
             f"{len(runs) - kept} from results/ only); CPUs: {'; '.join(table.get('cpus', [])) or '-'}; "
-            f"commits: {', '.join(commits) or '-'}.", ""]
+            f"commits: {', '.join(commits) or '-'}."
+            + (" Results differ across CPU types: means mix them, differences pair only runs on one type."
+               if len([c for c in table.get("cpus", []) if not c.startswith("unknown")]) > 1 else ""), ""]
 
 
 def table_markdown(table: dict) -> str:
