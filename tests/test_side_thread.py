@@ -82,8 +82,9 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("consistency", [30.0, 0.0])
-def test_self_training_gives_the_same_weights_with_the_side_thread(data, monkeypatch, consistency) -> None:
+@pytest.mark.parametrize("consistency,threads", [(30.0, 1), (0.0, 1), (30.0, 2)])
+def test_self_training_gives_the_same_weights_with_the_side_thread(data, monkeypatch, consistency, threads) -> None:
+    """threads 2: two intra-op threads under each calling thread (a rule given 2 cores) change nothing either."""
     from bismap.stages import self_training
 
     cfg = {**st_cfg(consistency, True), "init": "warmup"}
@@ -91,7 +92,8 @@ def test_self_training_gives_the_same_weights_with_the_side_thread(data, monkeyp
     def run_stage(out, runtime):
         self_training.run(source=data["source"], target=data["target"], stm_maps=data["stm"], out_checkpoint=out,
                           model=MODEL, train=train_cfg(ITERATIONS), augment=AUGMENT, cfg=cfg, data=DATA,
-                          runtime=runtime, threads=1, init_checkpoint=data["warmup"])
+                          runtime=runtime, threads=threads, init_checkpoint=data["warmup"])
+        assert torch.get_num_threads() == threads
 
     off, on = train_both_ways(run_stage, data["tmp"], "st", monkeypatch, branches=3 if consistency else 2,
                               teacher=bool(consistency))
