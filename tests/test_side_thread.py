@@ -127,7 +127,7 @@ def test_branches_must_cover_every_loss_once() -> None:
     a, b = net(x).sum(), (net(x) ** 2).sum()
     side = SideThread(True)
     try:
-        branches = Branches(side, net)
+        branches = Branches(side, list(net.parameters()))
         branches.add([a])
         with pytest.raises(ValueError, match=r"not in a branch: \['b'\]"):
             branches.set_grads({"a": a, "b": b})

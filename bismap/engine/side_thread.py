@@ -69,9 +69,9 @@ class SideThread:
 class Branches:
     """The branches one step declared (`StepContext.branch`), their backwards started on the side thread."""
 
-    def __init__(self, side: SideThread, model: torch.nn.Module) -> None:
+    def __init__(self, side: SideThread, params: Sequence[torch.Tensor]) -> None:
         self.side = side
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params  # the trainable parameters, listed once per run by the trainer
         self.losses: list[list[torch.Tensor]] = []
         self.pending: list[Future] = []
 

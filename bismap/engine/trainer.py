@@ -135,6 +135,7 @@ class _Run:
     log_every: int
     checkpoint_every: int
     side: SideThread = field(default_factory=lambda: SideThread(False))
+    trainable: list = field(default_factory=list)  # the parameters the side thread differentiates
     writer: Any = None
 
     @property
@@ -183,6 +184,7 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
                  model_config, log_every, checkpoint_every)
     run.side = SideThread(side_thread and run.device.type == "cpu" and run.info.world_size == 1
                           and not run.amp.use_scaler)
+    run.trainable = [p for p in run.model.parameters() if p.requires_grad]
     try:
         _train(run, loss_fn, tensorboard_dir)
     finally:
@@ -290,7 +292,7 @@ def _step(run: _Run, loss_fn, it: int) -> tuple[Mapping[str, torch.Tensor], torc
     """One iteration: a batch from every stream, the losses, one backward (or the branches' backwards
     on the side thread), optimizer/scheduler/EMA steps."""
     batches = {name: _to_device(next(s), run.device, run.channels_last) for name, s in run.streams.items()}
-    branches = Branches(run.side, run.model) if run.side.enabled else None
+    branches = Branches(run.side, run.trainable) if run.side.enabled else None
     ctx = StepContext(model=run.net, ema=run.ema, batches=batches, iteration=it, device=run.device,
                       autocast=run.amp.autocast, total_iterations=run.total, side=run.side, branches=branches)
     losses = loss_fn(ctx)

@@ -23,30 +23,30 @@ RECORD_VERSION = 1
 FORCE_MARKER = ".benchmark_forcerun"  # rules still to force in a run copied from its reference run
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+def _first_processor() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo, keys lower-cased ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    return _first_processor().get("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_type() -> str:
     """What decides the floating-point results besides the code: the CPU family and model and its widest
     vector extension (/proc/cpuinfo; the architecture elsewhere). Two machines rented as "AMD EPYC" can
     be a Zen 3 with AVX2 and a Zen 4 with AVX-512, whose kernels give other numbers."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break  # the first processor is enough
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
+    fields = _first_processor()
     flags = set(fields.get("flags", "").split())
     isa = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"))
                 if flag in flags), None)
@@ -58,16 +58,16 @@ def cpu_type() -> str:
     return " ".join(parts)
 
 
-def cpu_key(rec: dict) -> str | None:
-    """The CPU a record's numbers belong to: model name and type (older records have the name only)."""
-    if rec.get("cpu") is None:
-        return None
-    return f"{rec['cpu']} ({rec['cpu_type']})" if rec.get("cpu_type") else rec["cpu"]
-
-
 def cpu_of(rec: dict) -> tuple[str, str | None] | None:
-    """(model name, type) of a record's CPU; None for a results/ run without a record."""
+    """(model name, type) of a record's CPU (older records: type None); None for a results/ run
+    without a record."""
     return None if rec.get("cpu") is None else (rec["cpu"], rec.get("cpu_type"))
+
+
+def cpu_key(rec: dict) -> str | None:
+    """cpu_of as one line for tables and messages: "name (type)", or the name alone."""
+    cpu = cpu_of(rec)
+    return None if cpu is None else (f"{cpu[0]} ({cpu[1]})" if cpu[1] else cpu[0])
 
 
 def same_cpu(a: Sequence | None, b: Sequence | None) -> bool:
