@@ -6,7 +6,7 @@ rule naive_labels:
     """Naive pseudo labels: warm-up argmax where the softmax confidence passes naive.threshold."""
     input:
         checkpoint=model_ckpt("warmup"),
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
     output:
         out_dir=directory(f"{RESULTS}/labels/naive"),
         out_quality=f"{RESULTS}/labels/naive.quality.json",
@@ -33,7 +33,7 @@ rule naive_self_training:
     input:
         **preflight("source", "target"),
         **source_inputs(),
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
         pseudo_labels=rules.naive_labels.output.out_dir,
         **stm_input("naive_self_training"),
         **model_inputs(),
@@ -68,7 +68,7 @@ if ORACLE:
         input:
             **preflight("target"),
             **model_inputs(),
-            target_root=TARGET_ROOT,
+            **target_inputs("train"),
         output:
             checkpoint=model_ckpt("oracle"),
         params:

@@ -5,12 +5,23 @@ import json
 import os
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
+
+from bismap.workflow.params import as_param, schema_node
+
+SCHEMA = yaml.safe_load((Path(workflow.main_snakefile).parent / "configs" / "schema.yaml").read_text())
+
+
+def P(section, cfg):
+    """`cfg`, a slice of `section`, as a param of rules. Keys marked x-neutral-default in the schema are left
+    out of its repr while at their default, so adding such a key reruns nothing (bismap.workflow.params)."""
+    return as_param(cfg, schema_node(SCHEMA, section), SCHEMA)
 
 
 def C(dpath):
-    """One config slice, looked up by path (e.g. "stm" or "data/mean")."""
-    return lookup(dpath=dpath, within=config)
+    """One config slice, looked up by path (e.g. "stm" or "data/mean"), as a param of rules (P)."""
+    return P(dpath, lookup(dpath=dpath, within=config))
 
 
 # A rule's params are exactly the config keys its stage reads, so an edit reruns only the stages
@@ -19,7 +30,7 @@ def C(dpath):
 # in `runtime`, which is no param: scripts pass snakemake.config["runtime"] to the stage.
 def keys(section, *names):
     """The named keys of one config section (each looked up with C)."""
-    return {name: C(f"{section}/{name}") for name in names}
+    return P(section, {name: C(f"{section}/{name}") for name in names})
 
 
 STM_FEATURES_KEYS = ("extractor", "weights", "weights_key", "depth", "width_multiplier", "sk_ratio", "image_size",
@@ -72,7 +83,7 @@ def res(stage):
 
 def synthetic_cfg():
     """The generator's slice: `synthetic` without the workflow switch `enabled`."""
-    return {k: v for k, v in C("synthetic").items() if k != "enabled"}
+    return P("synthetic", {k: v for k, v in C("synthetic").items() if k != "enabled"})
 
 
 def prototypes_cfg():
@@ -80,7 +91,7 @@ def prototypes_cfg():
     cfg = dict(C("prototypes"))
     if not cfg["normalize"]:
         cfg.pop("normalize")
-    return cfg
+    return P("prototypes", cfg)
 
 
 def with_alignment(section, cfg):
@@ -98,7 +109,7 @@ def prior_input(section):
 
 def pseudo_labels_cfg():
     """`pseudo_labels`, with prior alignment resolved (with_alignment)."""
-    return with_alignment("pseudo_labels", dict(C("pseudo_labels")))
+    return P("pseudo_labels", with_alignment("pseudo_labels", dict(C("pseudo_labels"))))
 
 
 def teacher_labels_cfg():
@@ -109,12 +120,12 @@ def teacher_labels_cfg():
     if cfg["selection"] != "balanced":
         for key in ("percentile", "sample_pixels", "seed"):
             cfg.pop(key)
-    return cfg
+    return P("teacher_labels", cfg)
 
 
 def stylize_cfg():
     """The FDA stage's slice: `stylize` without `folder` (only the workflow reads that)."""
-    return {k: v for k, v in C("stylize").items() if k != "folder"}
+    return P("stylize", {k: v for k, v in C("stylize").items() if k != "folder"})
 
 
 # The BiSMAP mainline (warm-up, STM and prototype chains, pseudo labels, self-training, teacher labels,
@@ -131,7 +142,7 @@ def train_cfg(stage):
     """`train` with the stage's non-null `train_overrides` applied: the trainer's effective slice."""
     merged = dict(C("train"))
     merged.update({k: v for k, v in C(f"train_overrides/{stage}").items() if v is not None})
-    return merged
+    return P("train", merged)
 
 
 def data_cfg():
@@ -178,11 +189,54 @@ def target_gt_spec():
 
 
 def source_inputs():
-    """Folders every stage that reads the source depends on."""
-    out = {"source_root": SOURCE_ROOT}
+    """Folders every stage that reads the source depends on, and the source's data manifest."""
+    out = {"source_root": SOURCE_ROOT, **manifest_input("source")}
     if STYLIZED is not None:
         out["stylized"] = STYLIZED
     return out
+
+
+def target_inputs(split):
+    """The target root and the manifest of the split a stage reads ("train" or "val")."""
+    return {"target_root": TARGET_ROOT, **manifest_input(f"target_{split}")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data manifests (bismap.workflow.data_manifest): a user's dataset part listed file by file, so an
+# image or label replaced, added or removed reruns the stages that read it. Refreshed here, at every
+# DAG build of the main process; the synthetic benchmark is a rule's output and needs none.
+
+
+def data_parts():
+    """Part -> the dataset specs it lists: source (with a user's stylized folder), target train, target val."""
+    if SYNTHETIC:
+        return {}
+    source = source_spec() if STYLIZE == "folder" else source_raw_spec()
+    return {"source": {"source": source}, "target_train": {"target train": target_spec("train")},
+            "target_val": {"target val": target_spec("val")}}
+
+
+def _refresh_manifests():
+    from bismap.workflow.data_manifest import update_manifest
+
+    present = set()
+    for part, specs in data_parts().items():
+        if not all(Path(spec["root"]).is_dir() for spec in specs.values()):
+            continue  # the root input itself is missing: Snakemake names it
+        path = f"{RESULTS}/manifests/{part}.json"
+        if workflow.is_main_process:
+            update_manifest(path, specs)
+        if Path(path).is_file():
+            present.add(part)
+    return present
+
+
+MANIFESTS = _refresh_manifests()
+
+
+def manifest_input(part):
+    """`{<part>_manifest: path}` for a user's data part, {} for the synthetic benchmark."""
+    return {f"{part}_manifest": f"{RESULTS}/manifests/{part}.json"} if part in MANIFESTS else {}
 
 
 def weights_input(key, value):
@@ -274,10 +328,10 @@ def preflight_parts():
     parts = {
         "source": {"datasets": {"source": source}, "model": model,
                    "inputs": {**source_inputs(), **model_inputs()} if STYLIZE == "folder"
-                   else {"source_root": SOURCE_ROOT, **model_inputs()}},
+                   else {"source_root": SOURCE_ROOT, **manifest_input("source"), **model_inputs()}},
         "target": {"datasets": {"target train": target_spec("train", labels=None if TARGET_GT else "none")},
-                   "inputs": {"target_root": TARGET_ROOT}},
-        "val": {"datasets": {"target val": target_spec("val")}, "inputs": {"target_root": TARGET_ROOT}},
+                   "inputs": target_inputs("train")},
+        "val": {"datasets": {"target val": target_spec("val")}, "inputs": target_inputs("val")},
     }
     student = weights_input("student_weights", C("distillation/student_weights"))
     if student:

@@ -29,7 +29,8 @@ if STYLIZE == "fda":
         """Fourier domain adaptation: source images with target low-frequency amplitudes."""
         input:
             source_root=SOURCE_ROOT,
-            target_root=TARGET_ROOT,
+            **manifest_input("source"),
+            **target_inputs("train"),
         output:
             out_dir=directory(STYLIZED),
         params:

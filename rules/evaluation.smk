@@ -5,7 +5,7 @@ rule evaluate:
     """mIoU-19/16/13, per-class IoU and the confusion matrix of one model on target val."""
     input:
         checkpoint=model_ckpt("{model}"),
-        target_root=TARGET_ROOT,
+        **target_inputs("val"),
         **preflight("val"),
     output:
         out_json=f"{RESULTS}/metrics/{{model}}.json",

@@ -53,6 +53,7 @@ rule source_prior:
     """Pixels per class of the source labels: the distribution that prior alignment aims at."""
     input:
         source_root=SOURCE_ROOT,
+        **manifest_input("source"),
     output:
         out_json=f"{RESULTS}/prototypes/source_prior.json",
     params:
@@ -77,7 +78,7 @@ rule pseudo_labels:
     input:
         checkpoint=model_ckpt("warmup"),
         prototypes=rules.fit_prototypes.output.out_path,
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
         **prior_input("pseudo_labels"),
     output:
         out_dir=directory(f"{RESULTS}/labels/pseudo"),

@@ -9,7 +9,7 @@ rule report:
         quality=list(label_quality_inputs().values()),
         label_dirs=list(sample_label_dirs().values()),
         final_checkpoint=final_model(),
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
         **({"stm_maps": rules.stm_maps.output.out_h5} if C("self_training/use_stm") else {}),
         **source_inputs(),
     output:

@@ -33,7 +33,7 @@ rule stm_features:
         unpack(stm_extractor_inputs),
         **preflight("stm"),
         **source_inputs(),
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
     output:
         out_h5=f"{RESULTS}/stm/features.h5",
     params:

@@ -7,7 +7,7 @@ rule self_training:
     input:
         **preflight("source", "target"),
         **source_inputs(),
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
         pseudo_labels=rules.pseudo_labels.output.out_dir,
         **stm_input("self_training"),
         **model_inputs(),
@@ -40,7 +40,7 @@ rule teacher_labels:
     """Round r's target labels from the previous model (multi-scale + flip, optional AdaBN)."""
     input:
         checkpoint=lambda wildcards: previous_model(wildcards.r),
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
         **prior_input("teacher_labels"),
     output:
         out_dir=directory(f"{RESULTS}/labels/teacher_r{{r}}"),
@@ -69,7 +69,7 @@ rule distillation:
     input:
         **preflight("source", "target", "student"),
         **source_inputs(),
-        target_root=TARGET_ROOT,
+        **target_inputs("train"),
         teacher_labels=f"{RESULTS}/labels/teacher_r{{r}}",
         teacher_checkpoint=lambda wildcards: previous_model(wildcards.r),
         **init_input("distillation"),
