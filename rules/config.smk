@@ -115,6 +115,14 @@ def check_scaling(cfg):
         raise WorkflowError("Invalid config: " + "; ".join(problems))
 
 
+def resolve_auto(cfg):
+    """`auto` values replaced by what they stand for (bismap.workflow.config_resolve)."""
+    from bismap.workflow.config_resolve import resolve_auto as resolve
+
+    resolve(cfg)
+
+
 validate_config(config, "../configs/schema.yaml")
 check_data_source(config, "../configs/schema.yaml")
 check_scaling(config)
+resolve_auto(config)

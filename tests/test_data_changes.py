@@ -170,3 +170,52 @@ def test_a_new_key_reruns_only_when_its_default_may_change_results(run, neutral,
             assert job_counts(proc.stdout + proc.stderr) == {"warmup": 1, "evaluate": 1}, proc.stdout + proc.stderr
     finally:
         schema.write_text(before)
+
+
+def _synthia_label(path: Path, trainids: np.ndarray) -> None:
+    """A SYNTHIA label: 16-bit PNG, class id in channel 0 (road 3, sky 1, building 2)."""
+    from test_data_readers import write_png16
+
+    lab = np.zeros((*trainids.shape, 3), np.int64)
+    lab[..., 0] = np.select([trainids == 7, trainids == 11], [3, 2], default=1)
+    write_png16(path, lab)
+
+
+@pytest.mark.slow
+def test_synthia_source_reports_miou16_as_headline(module_dir):
+    """Only the data roots name a SYNTHIA-layout source: evaluation.protocol auto gives the SYNTHIA
+    protocol, whose headline is mIoU-16 (terrain, truck and train cannot be learnt from SYNTHIA)."""
+    wf = make_copy(module_dir / "wf_synthia")
+    root = module_dir / "synthia_data"
+    _, tgt = write_data(root)
+    src = root / "synthia"
+    for i in range(4):
+        rgb, ids = _scene(i)
+        _png(src / "RGB" / f"{i:07d}.png", rgb)
+        (src / "GT" / "LABELS").mkdir(parents=True, exist_ok=True)
+        _synthia_label(src / "GT" / "LABELS" / f"{i:07d}.png", ids)
+    cfg = module_dir / "synthia.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"source": {"root": str(src), "dataset": "synthia", "size": None},
+                 "target": {"root": str(tgt), "size": None}},
+        "stylize": {"method": "none"}, "augment": {"crop": [H, W]}}))
+    proc = snakemake(wf, "--cores", "2", "--configfile", "configs/tiny.yaml", "configs/own_data.example.yaml", str(cfg),
+                     "--", TARGET)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((wf / TARGET).read_text())
+    assert metrics["protocol"] == "synthia" and metrics["headline"] == "miou16"
+
+
+def test_protocol_auto_resolves_from_the_source_dataset():
+    from bismap.workflow.config_resolve import evaluation_protocol
+    from conftest import schema_defaults
+
+    def config(protocol, dataset, synthetic):
+        return {"evaluation": schema_defaults("evaluation", protocol=protocol),
+                "synthetic": {"enabled": synthetic}, "data": {"source": {"dataset": dataset}}}
+
+    assert schema_defaults("evaluation")["protocol"] == "auto"
+    assert evaluation_protocol(config("auto", "synthia", False)) == "synthia"
+    assert evaluation_protocol(config("auto", "gta5", False)) == "cityscapes19"
+    assert evaluation_protocol(config("auto", "synthia", True)) == "cityscapes19"   # the benchmark's GTA5 layout
+    assert evaluation_protocol(config("cityscapes19", "synthia", False)) == "cityscapes19"

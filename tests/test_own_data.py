@@ -94,3 +94,4 @@ def test_missing_root_stops_before_any_job(wf, tmp_path):
     fake_cityscapes(tgt)
     proc = snakemake(wf, "-n", "--cores", "2", "--configfile", EXAMPLE, str(_roots(tmp_path, tmp_path / "nope", tgt)))
     assert proc.returncode != 0 and not job_counts(proc.stdout)
+

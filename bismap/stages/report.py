@@ -65,8 +65,9 @@ def summary_markdown(summary: dict) -> str:
     rows = summary["models"]
     synthia = summary["protocol"] == "synthia"
     lines = [f"# bismap results: {summary['experiment']}", ""]
-    lines.append(f"Target val, protocol `{summary['protocol']}`; IoU in %, `-` = class absent from "
-                 "prediction and ground truth.")
+    headline = "mIoU-16" if synthia else "mIoU over 19 classes"
+    lines.append(f"Target val, protocol `{summary['protocol']}` (headline: {headline}); IoU in %, `-` = class "
+                 "absent from prediction and ground truth.")
     lines.append("")
     if synthia:
         head = ("| model | mIoU-16 | mIoU-13 | mIoU-16 (missing ignored) | mIoU-13 (missing ignored) | mIoU-19 "
