@@ -182,7 +182,7 @@ def test_corrupt_results_summary_names_the_file(tmp_path):
 
 def test_shipped_benchmark_file_presets_and_ablation_seeds():
     spec = benchmark.load_spec(REPO / "configs" / "benchmark.yaml")
-    assert list(spec["presets"]) == ["default", "suburb"]
+    assert list(spec["presets"]) == ["default", "suburb", "label_shift"]
     default, suburb = benchmark.preset_spec(spec, "default"), benchmark.preset_spec(spec, "suburb")
     runs = benchmark.runs(default)
     assert [s for a, s in runs if a == "full"] == [100, 101, 102, 103, 104]
@@ -193,6 +193,9 @@ def test_shipped_benchmark_file_presets_and_ablation_seeds():
     assert suburb["configfiles"] == ["configs/synthetic_suburb.yaml"] and suburb["out"].endswith("suburb")
     assert yaml.safe_load((REPO / "configs" / "synthetic_suburb.yaml").read_text())["synthetic"]["preset"] == "suburb"
     assert benchmark.experiment_name(suburb["prefix"], "full", 100) == "bench_suburb_full_s100"
+    shifted = benchmark.preset_spec(spec, "label_shift")
+    assert benchmark.runs(shifted) == [("full", 100), ("full", 101), ("full", 102)]
+    assert shifted["configfiles"] == ["configs/synthetic_label_shift.yaml"]
     # any defined ablation still runs when named
     assert benchmark.runs(default, ablations=["gmm_k1"]) == [("gmm_k1", s) for s in (100, 101, 102)]
 

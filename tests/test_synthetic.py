@@ -5,12 +5,14 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 from bismap.data import open_dataset
 from bismap.data.synthetic import DEFAULTS, generate, resolve_config
 from bismap.io import InputError
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = {"height": 32, "width": 64, "n_source": 3, "n_target_train": 3, "n_target_val": 2, "workers": 1}
 
 
@@ -135,6 +137,33 @@ def test_suburb_preset_is_another_kind_of_scene_with_every_class():
                           .mean(axis=1) > 0.9) for i in range(20)]
         return float(np.mean(rows))
     assert horizon("suburb") < horizon("default")
+
+
+def test_target_rate_factors_shift_the_target_labels_only():
+    """All factors 1 is the generator without the key (pixel for pixel); the label_shift preset's factors
+    change the target's class frequencies by about the documented amounts and leave the source alone."""
+    from bismap.data.synthetic.config import CAR, PERSON, VEG
+
+    pinned = "a5671cc1f849500b4da7ac3095a5e330027f2baf9d129983766cb0c80a812ada"
+    ones = {k: 1.0 for k in DEFAULTS["target_rate_factors"]}
+    assert _arrays_digest({**TINY, "seed": 7, "target_rate_factors": ones}) == pinned
+    factors = yaml.safe_load((REPO / "configs" / "synthetic_label_shift.yaml").read_text())["synthetic"]
+    cfg = resolve_config({"height": 48, "width": 96, **factors})
+    base = resolve_config({"height": 48, "width": 96})
+
+    def shares(c: dict, domain: str) -> np.ndarray:
+        from bismap.data.synthetic import domain_style
+
+        style, pixels = domain_style(c), np.zeros(19)
+        for i in range(60):
+            lab = generate(c, domain, i, style)[1]
+            pixels += np.bincount(lab[lab < 19], minlength=19)
+        return pixels / pixels.sum()
+
+    assert np.array_equal(shares(cfg, "source"), shares(base, "source"))
+    shifted, plain = shares(cfg, "train"), shares(base, "train")
+    assert shifted[PERSON] > 1.8 * plain[PERSON] and shifted[CAR] < 0.5 * plain[CAR]
+    assert shifted[VEG] > 1.3 * plain[VEG]
 
 
 def test_preset_validation_and_cli(tmp_path):

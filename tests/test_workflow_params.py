@@ -42,7 +42,7 @@ def test_the_real_schema_slices_keep_their_repr():
     """No key of today's schema is neutral unless marked: every existing slice's repr is a plain dict's,
     so results made before this wrapper existed keep their params."""
     root = yaml.safe_load((REPO / "configs" / "schema.yaml").read_text())
-    for section in ("train", "pseudo_labels", "teacher_labels", "evaluation", "model", "stm"):
+    for section in ("train", "pseudo_labels", "teacher_labels", "evaluation", "model", "stm", "synthetic"):
         value = schema_defaults(section)
         param = as_param(value, schema_node(root, section), root)
         assert isinstance(param, ParamSlice)

@@ -22,6 +22,8 @@ Config slice `synthetic` (every knob, with defaults in DEFAULTS):
   object_rates           SOURCE mean count per image (Poisson) of car, person, rider (on a bicycle
                          or motorcycle), pole (with sign/light), truck, bus, train, tree; for
                          fence, wall, terrain: probability per road side
+  target_rate_factors    TARGET-only multipliers of object_rates (all 1: no label shift; the label_shift
+                         benchmark preset, configs/synthetic_label_shift.yaml, sets them)
   shift.palette_blend (0.35)  target class colour = (1-b)*base + b*random colour
   shift.hue_rotation (30)     max |per-class hue rotation| in degrees for the target
   shift.saturation (1.3)      source colours are saturated by this factor ("game-like")

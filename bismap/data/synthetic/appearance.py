@@ -43,7 +43,9 @@ def domain_style(cfg: dict[str, Any]) -> dict[str, Any]:
     z = rng.uniform(-1, 1, size=len(cfg["object_rates"]))
     factors = SUBURB_RATE_FACTORS if preset == "suburb" else {}
     rates_src = {k: float(v) * factors.get(k, 1.0) for k, v in cfg["object_rates"].items()}
-    rates_tgt = {k: v * math.exp(sh["class_frequency"] * zk) for (k, v), zk in zip(rates_src.items(), z)}
+    label_shift = cfg.get("target_rate_factors", {})
+    rates_tgt = {k: v * math.exp(sh["class_frequency"] * zk) * float(label_shift.get(k, 1.0))
+                 for (k, v), zk in zip(rates_src.items(), z)}
     return {"source": {"palette": src.astype(np.float32), "rates": rates_src},
             "target": {"palette": tgt.astype(np.float32), "rates": rates_tgt}}
 

@@ -26,6 +26,12 @@ DEFAULTS: dict[str, Any] = {
         "car": 3.5, "person": 3.0, "rider": 1.2, "pole": 3.0, "truck": 0.6, "bus": 0.5, "train": 0.15,
         "tree": 2.5, "fence": 0.6, "wall": 0.5, "terrain": 0.7,
     },
+    # Target-only multipliers of the object rates: a label shift on top of the appearance shift (the
+    # target's class frequencies differ from the source's by these known factors; all 1 = none).
+    "target_rate_factors": {
+        "car": 1.0, "person": 1.0, "rider": 1.0, "pole": 1.0, "truck": 1.0, "bus": 1.0, "train": 1.0,
+        "tree": 1.0, "fence": 1.0, "wall": 1.0, "terrain": 1.0,
+    },
     "shift": {
         "palette_blend": 0.35,
         "hue_rotation": 30.0,
