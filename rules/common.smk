@@ -98,7 +98,8 @@ def with_alignment(section, cfg):
     """`cfg` with its `align_prior` switch replaced by the `prior_alignment` settings when it is on,
     and dropped when off, so runs made before the switch existed stay valid."""
     if cfg.pop("align_prior"):
-        cfg["prior_alignment"] = {k: v for k, v in C("prior_alignment").items() if k != "source_images"}
+        cfg["prior_alignment"] = P("prior_alignment",
+                                   {k: v for k, v in C("prior_alignment").items() if k != "source_images"})
     return cfg
 
 

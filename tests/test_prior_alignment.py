@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bismap.data.labels import TRAINID_TO_ID
-from bismap.engine.prior_alignment import PRIOR_FORMAT, alignment_offset, read_prior, sample_logits
+from bismap.engine.prior_alignment import PRIOR_FORMAT, alignment_offset, em_target_prior, read_prior, sample_logits
 from bismap.io import InputError
 from conftest import RUNTIME, constant_checkpoint, schema_defaults, write_cityscapes, write_gta
 
@@ -106,7 +106,9 @@ def test_aligned_teacher_labels_follow_the_source_prior(tmp_path) -> None:
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
                        out_quality=quality, cfg=cfg, data=DATA, runtime=runtime)
     assert json.loads(quality.read_text())["coverage_per_class"]["pole"] == 1.0
-    aligned = {**cfg, "prior_alignment": {"strength": 1.0, "iterations": 20, "sample_pixels": 1000, "seed": 0}}
+    settings = schema_defaults("prior_alignment", strength=1.0, iterations=20, sample_pixels=1000, seed=0)
+    settings.pop("source_images")  # the workflow's with_alignment passes the rest
+    aligned = {**cfg, "prior_alignment": settings}
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
                        out_quality=quality, cfg=aligned, data=DATA, runtime=runtime, prior=prior)
     q = json.loads(quality.read_text())
@@ -137,3 +139,40 @@ def test_the_paper_configs_do_not_align(paper) -> None:
 
     cfg = yaml.safe_load((REPO / "configs" / f"{paper}.yaml").read_text())
     assert cfg["pseudo_labels"]["align_prior"] is False and cfg["teacher_labels"]["align_prior"] is False
+
+
+def _calibrated_logits(source_prior: np.ndarray, target_prior: np.ndarray, n: int, seed: int = 0) -> torch.Tensor:
+    """Log-posteriors of a classifier that is Bayes-optimal under `source_prior` (1-d Gaussian classes at
+    0, 2, 4, ...), for n pixels drawn under `target_prior`: the setting Saerens et al.'s EM is exact in."""
+    rng = np.random.default_rng(seed)
+    k = len(source_prior)
+    cls = rng.choice(k, size=n, p=target_prior)
+    x = rng.normal(2.0 * cls, 1.0)
+    loglik = -0.5 * (x[:, None] - 2.0 * np.arange(k)[None, :]) ** 2
+    return torch.as_tensor(loglik + np.log(source_prior)[None, :])
+
+
+def test_em_recovers_a_shifted_target_prior():
+    source = np.array([0.6, 0.3, 0.1])
+    target = np.array([0.2, 0.3, 0.5])
+    sample = _calibrated_logits(source, target, 200_000)
+    est, steps = em_target_prior(sample, source, max_iterations=500, tolerance=1e-7, floor=1e-4)
+    assert np.abs(est - target).max() < 0.01, est
+    assert abs(est.sum() - 1) < 1e-9 and 1 < steps < 500
+    # the mean softmax alone (what source-prior alignment compares against) is far off
+    naive = torch.softmax(sample, 1).mean(0).numpy()
+    assert np.abs(naive - target).max() > 0.05
+    # without a label shift the estimate stays at the source prior
+    same, _ = em_target_prior(_calibrated_logits(source, source, 200_000, seed=1), source, max_iterations=500,
+                              tolerance=1e-7, floor=1e-4)
+    assert np.abs(same - source).max() < 0.01
+
+
+def test_em_is_bounded_and_floored():
+    source = np.array([0.5, 0.3, 0.2, 0.0])
+    target = np.array([0.7, 0.3, 0.0, 0.0])           # class 2 vanishes from the target; 3 never in source
+    sample = _calibrated_logits(source[:3] / source[:3].sum(), target[:3], 50_000)
+    sample = torch.cat([sample, torch.full((sample.shape[0], 1), -5.0, dtype=sample.dtype)], dim=1)
+    est, steps = em_target_prior(sample, source, max_iterations=3, tolerance=0.0, floor=0.01)
+    assert steps == 3
+    assert est[3] == 0.0 and est[2] >= 0.01 * 0.99 and abs(est.sum() - 1) < 1e-9

@@ -9,6 +9,17 @@ prior: offset += strength * (log prior - log mean prediction), repeated `iterati
 mean re-estimated under the offset so far (one iteration is ReMixMatch's distribution alignment,
 Berthelot et al. 2020; more approach the fixed point where the aligned mean equals the prior).
 The means come from a seeded sample of pixel logits, so memory does not grow with the data set.
+
+What the mean is moved to: the source label prior (`target: source`), or an estimate of the
+TARGET's class prior (`target: estimated`): the EM of Saerens, Latinne and Decaestecker (2002,
+"Adjusting the outputs of a classifier to new a priori probabilities"), which re-weights each
+pixel's softmax by prior_new / prior_source, renormalises, and takes the mean as the next prior,
+from the source prior on. Real targets rarely share a synthetic source's class frequencies, and
+pulling them to the source's is then wrong. The EM is only as good as the network's calibration:
+it assumes the softmax is the source-trained posterior p_s(c | x) and that only the prior moved,
+while under domain shift the network is also biased and over-confident, so the estimate inherits
+part of that bias (a floor per class keeps a class the network never predicts from dropping to 0,
+and the iterations are bounded).
 """
 from __future__ import annotations
 
@@ -70,6 +81,33 @@ def alignment_offset(sample: torch.Tensor, prior: np.ndarray, *, strength: float
     return offset
 
 
+def em_target_prior(sample: torch.Tensor, source_prior: np.ndarray, *, max_iterations: int, tolerance: float,
+                    floor: float) -> tuple[np.ndarray, int]:
+    """(estimated target prior [C], EM iterations run): Saerens et al.'s EM on the sample's softmax.
+
+    Each step: posteriors p(c | x) * prior_new(c) / prior_source(c), renormalised per pixel; the new
+    prior is their mean, floored at `floor` for classes the source has, and renormalised. Stops when
+    no class moves by more than `tolerance` or after `max_iterations`. Classes absent from the source
+    stay at 0 (the source-trained posteriors say nothing about them).
+    """
+    src = torch.as_tensor(source_prior, dtype=torch.float64)
+    present = src > 0
+    log_post = torch.log_softmax(sample.double(), dim=1)
+    prior = src.clone()
+    done = 0
+    for done in range(1, int(max_iterations) + 1):
+        weight = torch.where(present, prior.clamp_min(1e-300).log() - src.clamp_min(1e-300).log(),
+                             torch.full_like(prior, -torch.inf))
+        new = torch.softmax(log_post + weight, dim=1).mean(0)
+        new = torch.where(present, new.clamp_min(float(floor)), torch.zeros_like(new))
+        new = new / new.sum()
+        moved = float((new - prior).abs().max())
+        prior = new
+        if moved <= float(tolerance):
+            break
+    return prior.numpy(), done
+
+
 def offset_for(cfg: dict | None, prior_path, logit_maps: Callable[[], Iterable[torch.Tensor]], n_images: int,
                classes: list[int] | None = None, stage: str = "") -> torch.Tensor | None:
     """The offset for a stage's `prior_alignment` settings (None: the stage does not align; the rule
@@ -80,11 +118,20 @@ def offset_for(cfg: dict | None, prior_path, logit_maps: Callable[[], Iterable[t
         raise InputError(f"{stage}: prior_alignment is enabled but no source class prior file was given")
     prior = read_prior(prior_path)
     sample = sample_logits(logit_maps(), n_images, int(cfg["sample_pixels"]), int(cfg["seed"]))
+    if cfg["target"] == "estimated":
+        source = prior
+        prior, steps = em_target_prior(sample, source, max_iterations=int(cfg["em_max_iterations"]),
+                                       tolerance=float(cfg["em_tolerance"]), floor=float(cfg["em_floor"]))
+        shifted = ", ".join(f"{c}: {100 * source[c]:.1f}->{100 * prior[c]:.1f}"
+                            for c in np.argsort(-np.abs(prior - source))[:4].tolist())
+        print(f"{stage}: target prior estimated by EM in {steps} iterations; largest changes from the source "
+              f"prior, class: % {shifted}", flush=True)
     before = torch.softmax(sample, 1).mean(0)
     offset = alignment_offset(sample, prior, strength=float(cfg["strength"]), iterations=int(cfg["iterations"]),
                               classes=classes)
     after = torch.softmax(sample + offset, 1).mean(0)
-    moved = ", ".join(f"{c}: {100 * before[c]:.1f}->{100 * after[c]:.1f} (source {100 * prior[c]:.1f})"
+    aim = "estimated target" if cfg["target"] == "estimated" else "source"
+    moved = ", ".join(f"{c}: {100 * before[c]:.1f}->{100 * after[c]:.1f} ({aim} {100 * prior[c]:.1f})"
                       for c in torch.argsort((before - after).abs(), descending=True)[:4].tolist())
     print(f"{stage}: prior alignment on {sample.shape[0]} sampled pixels; largest moves, class: mean prediction % "
           f"{moved}", flush=True)
