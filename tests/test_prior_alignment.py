@@ -156,7 +156,8 @@ def test_em_recovers_a_shifted_target_prior():
     source = np.array([0.6, 0.3, 0.1])
     target = np.array([0.2, 0.3, 0.5])
     sample = _calibrated_logits(source, target, 200_000)
-    est, steps = em_target_prior(sample, source, max_iterations=500, tolerance=1e-7, floor=1e-4)
+    est, steps = em_target_prior(sample, source, max_iterations=500, tolerance=1e-7, floor=1e-4,
+                                  max_ratio=10.0)
     assert np.abs(est - target).max() < 0.01, est
     assert abs(est.sum() - 1) < 1e-9 and 1 < steps < 500
     # the mean softmax alone (what source-prior alignment compares against) is far off
@@ -164,7 +165,7 @@ def test_em_recovers_a_shifted_target_prior():
     assert np.abs(naive - target).max() > 0.05
     # without a label shift the estimate stays at the source prior
     same, _ = em_target_prior(_calibrated_logits(source, source, 200_000, seed=1), source, max_iterations=500,
-                              tolerance=1e-7, floor=1e-4)
+                              tolerance=1e-7, floor=1e-4, max_ratio=10.0)
     assert np.abs(same - source).max() < 0.01
 
 
@@ -173,6 +174,17 @@ def test_em_is_bounded_and_floored():
     target = np.array([0.7, 0.3, 0.0, 0.0])           # class 2 vanishes from the target; 3 never in source
     sample = _calibrated_logits(source[:3] / source[:3].sum(), target[:3], 50_000)
     sample = torch.cat([sample, torch.full((sample.shape[0], 1), -5.0, dtype=sample.dtype)], dim=1)
-    est, steps = em_target_prior(sample, source, max_iterations=3, tolerance=0.0, floor=0.01)
+    est, steps = em_target_prior(sample, source, max_iterations=3, tolerance=0.0, floor=0.01, max_ratio=10.0)
     assert steps == 3
     assert est[3] == 0.0 and est[2] >= 0.01 * 0.99 and abs(est.sum() - 1) < 1e-9
+
+
+def test_em_with_flat_posteriors_stays_within_the_ratio_bound():
+    """Nearly flat posteriors (an untrained network): without a bound the EM drifts to one class."""
+    source = np.full(5, 0.2)
+    sample = torch.randn(20_000, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.05
+    sample[:, 0] += 0.02                                   # one class slightly favoured everywhere
+    free, _ = em_target_prior(sample, source, max_iterations=2000, tolerance=1e-9, floor=1e-4, max_ratio=1e9)
+    assert free.max() > 0.5                                # the runaway the bound exists for
+    bounded, _ = em_target_prior(sample, source, max_iterations=2000, tolerance=1e-9, floor=1e-4, max_ratio=2.0)
+    assert bounded.max() <= 0.4 * 1.05 and bounded.min() >= 0.1 * 0.95
