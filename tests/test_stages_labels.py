@@ -292,7 +292,9 @@ def test_label_stages_write_the_same_labels_with_and_without_the_replay(tiny, co
     prior.write_text(json.dumps({"format": "bismap-class-prior/1", "pixels": [1000 - 40 * c for c in range(19)]}))
     balanced = {"scales": [1.0], "flip": True, "adabn": NO_ADABN, "selection": "balanced", "threshold": 0.9,
                 "percentile": 50.0, "sample_pixels": None, "seed": 0}
-    aligned = {**balanced, "prior_alignment": {"strength": 1.0, "iterations": 3, "sample_pixels": 500, "seed": 0}}
+    settings = schema_defaults("prior_alignment", strength=1.0, iterations=3, sample_pixels=500, seed=0)
+    settings.pop("source_images")  # the workflow's with_alignment passes the rest
+    aligned = {**balanced, "prior_alignment": settings}
     naive_cfg = schema_defaults("naive", selection="balanced", percentile=50.0, sample_pixels=None, adabn=NO_ADABN)
     written: dict = {}
     for cache_mb in (0, 64):
