@@ -142,6 +142,9 @@ def test_gpu_resource_follows_use_gpu(wf, tmp_path):
     ("stm: {k: many}\n", "stm.k: 'many' is not of type 'integer'"),
     ("train_overrides: {distillation: {lr: -1}}\n", "train_overrides.distillation.lr"),
     ("stylize: {method: cyclegan}\n", "stylize.method"),
+    ("experiment: '..'\n", "experiment: '..' does not match"),   # would write into the project root
+    ("experiment: .\n", "experiment: '.' does not match"),
+    ("experiment: a/b\n", "experiment: 'a/b' does not match"),
 ])
 def test_bad_config_fails_before_any_job_naming_the_key(wf, tmp_path, content, needle):
     cfg = tmp_path / "bad.yaml"
