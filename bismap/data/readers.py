@@ -36,6 +36,7 @@ class SegmentationFolder(Dataset):
                  size: Sequence[int] | None = None, root: str | os.PathLike | None = None,
                  kind: str = "folder") -> None:
         entries = sorted(entries, key=lambda e: e.name)
+        _refuse_repeated_names(entries, root)
         self.entries = entries
         self.label_reader = label_reader
         self.size = None if size is None else (int(size[0]), int(size[1]))
@@ -69,6 +70,30 @@ class SegmentationFolder(Dataset):
             image = resize_image(image, self.size)
             label = resize_label(label, self.size)
         return {"image": image, "label": label, "name": entry.name, "file": entry.file}
+
+
+def _refuse_repeated_names(entries: list[Entry], root: str | os.PathLike | None) -> None:
+    """Label files, pseudo labels, STM maps and the ground-truth match are keyed by an image's file name,
+    so two images of one split with the same name (in two city folders) would share one label file."""
+    seen: dict[str, Path] = {}
+    clashes: list[str] = []
+    for e in entries:
+        if e.name in seen:
+            clashes.append(f"{_shown(seen[e.name], root)} and {_shown(e.image, root)}")
+        else:
+            seen[e.name] = e.image
+    if clashes:
+        where = root if root is not None else "dataset"
+        raise InputError(f"{where}: {len(clashes)} image(s) share their file name with another image of the split "
+                         f"(first: {clashes[0]}); labels and pseudo labels are keyed by file name, so rename them "
+                         f"to unique names (Cityscapes names start with their city)")
+
+
+def _shown(path: Path, root: str | os.PathLike | None) -> str:
+    try:
+        return str(Path(path).relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        return str(path)
 
 
 def list_pngs(folder: Path, what: str) -> list[Path]:
