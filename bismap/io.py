@@ -158,14 +158,39 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 
     # Through a file object, not the path: torch names the zip archive after the file, and the
     # temporary name would then make identical checkpoints differ byte for byte.
-    check_free_space(path, _tensor_bytes(obj))
+    needed = _tensor_bytes(obj)
+    check_free_space(path, needed)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-    except RuntimeError as e:  # the zip writer hides ENOSPC inside "unexpected pos ..." messages
-        if os_error_in(e) is not None or "unexpected pos" in str(e) or "file write failed" in str(e):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
-        raise
+    except RuntimeError as e:
+        raise _write_failure(e, path, needed) from None
+
+
+def _write_failure(e: RuntimeError, path: str | os.PathLike, needed: int) -> BaseException:
+    """The real cause of a failed torch.save: its zip writer turns whatever the file's write raised (an
+    interrupt, a full disk, an I/O error) into "unexpected pos ..." and keeps the cause as the context."""
+    cause = e.__context__
+    while cause is not None and not isinstance(cause, (KeyboardInterrupt, SystemExit, OSError)):
+        cause = cause.__context__
+    if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+        return cause  # Ctrl-C or a stop while writing: an interrupt, not a disk problem
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path))
+    if "No space left on device" in str(e) or _free_bytes(path) < needed:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return RuntimeError(f"{path}: writing the file failed ({first[:200]})")
+
+
+def _free_bytes(path: str | os.PathLike) -> int:
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 2 ** 62
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -184,14 +209,7 @@ def _tensor_bytes(obj: Any) -> int:
 def check_free_space(path: str | os.PathLike, needed: int) -> None:
     """OSError(ENOSPC) naming `path` when its filesystem has less than `needed` bytes free: a checkpoint
     then fails before writing instead of after filling the disk."""
-    path = Path(path)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
+    free = _free_bytes(path)
     if needed > free:
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (needs about {needed / 2**20:.0f} MiB, "
                                     f"{free / 2**20:.0f} MiB free)", str(path))

@@ -174,10 +174,13 @@ def test_fault3_os_error_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, mon
     code = getattr(errno, err)
     ckpt = tmp_path / "models" / "warmup.pt"
 
-    def failing_save(obj, f, *a, **k):  # torch's zip writer on a full disk: a RuntimeError
-        f.write(b"partial")
+    def failing_save(obj, f, *a, **k):  # torch's zip writer on a full disk: a RuntimeError whose context
+        f.write(b"partial")                # is the OSError the file's write raised (as torch 2.14 does)
         if code == errno.ENOSPC:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 45")
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 45")
         raise OSError(code, os.strerror(code), str(ckpt))
 
     monkeypatch.setattr(torch, "save", failing_save)

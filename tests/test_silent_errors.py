@@ -39,3 +39,53 @@ def test_preflight_reports_repeated_file_names(tmp_path):
     with ThreadPoolExecutor(1) as pool:
         result = check_dataset("target train", spec, pool)
     assert len(result["problems"]) == 1 and "share their file name" in result["problems"][0]
+
+
+class _FailingFile:
+    """A file whose write raises `exc` once more than `after` bytes went through (as a Ctrl-C, a full
+    disk or a failing disk does in the middle of torch.save)."""
+
+    def __init__(self, real, exc: BaseException, after: int = 1000) -> None:
+        self.real, self.exc, self.after, self.written = real, exc, after, 0
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > self.after:
+            raise self.exc
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.real.close()
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (KeyboardInterrupt(), KeyboardInterrupt),
+    (OSError(5, "Input/output error"), OSError),
+    (OSError(28, "No space left on device"), OSError),
+])
+def test_an_interrupted_checkpoint_write_reports_its_real_cause(tmp_path, monkeypatch, exc, expected):
+    """Ctrl-C during torch.save was reported as 'No space left on device' (on a disk 31 % used):
+    torch's zip writer turns whatever write raised into 'unexpected pos ...'."""
+    import builtins
+
+    import torch
+
+    import bismap.io as bio
+
+    real_open = builtins.open
+    monkeypatch.setattr(bio, "open", lambda p, mode="r", *a, **k: _FailingFile(real_open(p, mode, *a, **k), exc),
+                        raising=False)
+    path = tmp_path / "models" / "warmup.pt"
+    with pytest.raises(BaseException) as info:
+        bio.save_torch(path, {"w": torch.zeros(10_000)})
+    assert type(info.value) is expected
+    if expected is OSError:
+        assert info.value.errno == exc.errno and info.value.filename == str(path)
+    assert "No space" not in str(info.value) or exc.errno == 28
+    assert list(path.parent.iterdir()) == []   # no half-written file, no temporary
