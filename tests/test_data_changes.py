@@ -219,3 +219,20 @@ def test_protocol_auto_resolves_from_the_source_dataset():
     assert evaluation_protocol(config("auto", "gta5", False)) == "cityscapes19"
     assert evaluation_protocol(config("auto", "synthia", True)) == "cityscapes19"   # the benchmark's GTA5 layout
     assert evaluation_protocol(config("cityscapes19", "synthia", False)) == "cityscapes19"
+
+
+@pytest.mark.slow
+def test_a_finished_training_job_whose_output_was_deleted_is_not_trained_again(run):
+    """What `--rerun-incomplete` does after a Ctrl-C in the second between the final checkpoint and the
+    job's exit: the output is deleted and the job reruns. It restores the same bytes without training."""
+    wf, _, _, args = run
+    proc = snakemake(wf, *args, "--", TARGET)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ckpt = wf / "results" / "own_data" / "models" / "warmup.pt"
+    original = ckpt.read_bytes()
+    ckpt.unlink()
+    proc = snakemake(wf, *args, "--", "results/own_data/models/warmup.pt")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (wf / "logs" / "own_data" / "warmup.log").read_text().split("===== attempt")[-1]  # this run's part
+    assert "restored from" in log and "it/s ETA" not in log, log
+    assert ckpt.read_bytes() == original

@@ -1,6 +1,8 @@
 """Engine tests on a tiny CPU model: schedule, stream resume, trainer resume, inference, AdaBN."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +380,27 @@ def test_fit_and_load_model_with_real_deeplab(tmp_path):
     for which in ("model", "ema"):
         m = checkpoint.load_model(out, which=which)
         assert_same_state(m.state_dict(), torch.load(out, weights_only=True)[which])
+
+
+def test_a_finished_stage_survives_the_loss_of_its_output(tmp_path, capsys):
+    """Ctrl-C between the final write and the job's exit: Snakemake marks the output incomplete and
+    --rerun-incomplete deletes it. The rerun puts the same bytes back without training."""
+    out = tmp_path / "m.pt"
+    run_fit(out, fp="fp")
+    original = out.read_bytes()
+    kept, meta = checkpoint.finished_paths(out)
+    assert kept.is_file() and os.path.samefile(kept, out)          # a hard link: no second copy on disk
+    out.unlink()                                                    # what --rerun-incomplete does
+    calls = []
+
+    def counting(ctx):
+        calls.append(ctx.iteration)
+        return ce_loss(ctx)
+
+    run_fit(out, fp="fp", loss_fn=counting)
+    assert calls == [] and out.read_bytes() == original
+    assert "restored from" in capsys.readouterr().out
+    out.unlink()
+    run_fit(out, fp="other", loss_fn=counting)                      # another config or inputs: trains again
+    assert len(calls) == TRAIN["iterations"]
+    assert json.loads(meta.read_text())["fingerprint"] == "other"

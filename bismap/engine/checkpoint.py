@@ -27,6 +27,57 @@ def resume_path(out_checkpoint: str | os.PathLike) -> Path:
     return Path(str(out_checkpoint) + ".resume.pt")
 
 
+def finished_paths(out_checkpoint: str | os.PathLike) -> tuple[Path, Path]:
+    """`<out>.finished.pt` (a hard link to the final file) and `<out>.finished.json` (the fingerprint of
+    the run that wrote it): a finished stage survives the loss of its output (see keep_finished)."""
+    return Path(str(out_checkpoint) + ".finished.pt"), Path(str(out_checkpoint) + ".finished.json")
+
+
+def keep_finished(out_checkpoint: str | os.PathLike, fingerprint: str) -> None:
+    """Keep the final checkpoint under a second name, with the fingerprint of its run.
+
+    Snakemake marks a job's outputs incomplete until the job has exited, and `--rerun-incomplete`
+    deletes them: a Ctrl-C in the second between the final write and the exit threw the finished
+    stage away (and its resume file was gone). A hard link costs no space while the output exists;
+    where links are not supported, a copy.
+    """
+    import shutil
+
+    from bismap.io import atomic_path, write_json
+
+    kept, meta = finished_paths(out_checkpoint)
+    with atomic_path(kept) as tmp:
+        tmp.unlink()
+        try:
+            os.link(out_checkpoint, tmp)
+        except OSError:
+            shutil.copy2(out_checkpoint, tmp)
+    write_json(meta, {"fingerprint": str(fingerprint), "size": kept.stat().st_size})
+
+
+def restore_finished(out_checkpoint: str | os.PathLike, fingerprint: str) -> bool:
+    """Put a kept final checkpoint of the same fingerprint back as the output (True), or drop a kept one
+    of another run (False). Only for a missing output."""
+    from bismap.io import atomic_path, read_json
+
+    out = Path(out_checkpoint)
+    kept, meta = finished_paths(out)
+    if not meta.is_file() or not kept.is_file():
+        return False
+    try:
+        record = read_json(meta)
+    except InputError:
+        record = {}
+    if record.get("fingerprint") != str(fingerprint) or record.get("size") != kept.stat().st_size:
+        kept.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        return False
+    with atomic_path(out) as tmp:
+        tmp.unlink()
+        os.link(kept, tmp)
+    return True
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """torch.save(state) atomically (temporary file renamed into place)."""
     save_torch(path, state)

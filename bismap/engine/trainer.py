@@ -194,6 +194,8 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
 
 def _train(run: _Run, loss_fn, tensorboard_dir) -> None:
     """The iterations from the resume point on, progress lines, resume files, the final checkpoint."""
+    if _restored_finished(run):
+        return
     start = _resume(run)
     if start == 0:
         _seed_everything(int(run.cfg["seed"]), run.info.rank)
@@ -274,6 +276,20 @@ def _resume(run: _Run) -> int:
     return start
 
 
+def _restored_finished(run: _Run) -> bool:
+    """True when this very run (same fingerprint) had finished and only its output was lost (a Ctrl-C
+    just after the final write, then Snakemake's --rerun-incomplete): the output is put back from the
+    kept link (ckpt_io.keep_finished) instead of training again."""
+    restored = False
+    if run.main and not run.out_checkpoint.exists():
+        restored = ckpt_io.restore_finished(run.out_checkpoint, run.fingerprint)
+    restored = bool(ddp.all_gather_object(restored)[0])  # rank 0 decides for every rank
+    if restored:
+        _note(run, f"{run.out_checkpoint}: this stage had finished (same config and inputs) and its output was "
+                   f"removed; restored from {ckpt_io.finished_paths(run.out_checkpoint)[0]} without training")
+    return restored
+
+
 def _note(run: _Run, text: str) -> None:
     if run.main:
         print(text, flush=True)
@@ -347,6 +363,7 @@ def _save_final(run: _Run) -> None:
     # No fingerprint here: it hashes input paths and mtimes, and the final file must be
     # a function of config and seed only (byte-identical across working folders and hosts).
     ckpt_io.save_checkpoint(run.out_checkpoint, final)
+    ckpt_io.keep_finished(run.out_checkpoint, run.fingerprint)  # before the resume file goes
     run.resume_file.unlink(missing_ok=True)
     if run.writer is not None:
         run.writer.close()
