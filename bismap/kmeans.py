@@ -96,6 +96,8 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, n_init: int = 1, max_iter: in
     n = x.shape[0]
     if n < k:
         raise ValueError(f"kmeans: {n} samples < k={k}")
+    if not bool(torch.isfinite(x).all()):  # NaN distances would end in a bare multinomial or assert error
+        raise ValueError("kmeans: the samples hold NaN or inf")
     if init not in ("k-means++", "random"):
         raise ValueError(f"kmeans: unknown init {init!r}")
     dev = _device(device)
@@ -121,6 +123,8 @@ def kmeans_best_draw(x: torch.Tensor, k: int, seed: int, n_draws: int, max_iter:
     n = x.shape[0]
     if n < k:
         raise ValueError(f"kmeans: {n} samples < k={k}")
+    if not bool(torch.isfinite(x).all()):  # NaN distances would end in a bare multinomial or assert error
+        raise ValueError("kmeans: the samples hold NaN or inf")
     gen = torch.Generator().manual_seed(int(seed))
     best, best_cost = None, math.inf
     for _ in range(max(1, int(n_draws))):

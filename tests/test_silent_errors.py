@@ -89,3 +89,26 @@ def test_an_interrupted_checkpoint_write_reports_its_real_cause(tmp_path, monkey
         assert info.value.errno == exc.errno and info.value.filename == str(path)
     assert "No space" not in str(info.value) or exc.errno == 28
     assert list(path.parent.iterdir()) == []   # no half-written file, no temporary
+
+
+def test_checkpoint_every_0_is_accepted_and_writes_no_resume_file(tmp_path):
+    """trainer.fit's 0 = never was refused by the schema (minimum 1)."""
+    from snakemake.utils import validate
+
+    from bismap.engine import checkpoint, trainer
+    from test_engine import TRAIN, ce_loss, make_run
+
+    config = {"runtime": {"checkpoint_every": 0}}
+    validate(config, str(Path(__file__).resolve().parent.parent / "configs" / "schema.yaml"))
+    assert config["runtime"]["checkpoint_every"] == 0
+    out = tmp_path / "m.pt"
+    model, streams = make_run()
+    seen = []
+
+    def watching(ctx):
+        seen.append(checkpoint.resume_path(out).exists())
+        return ce_loss(ctx)
+
+    trainer.fit(model=model, loss_fn=watching, streams=streams, train_cfg=TRAIN, out_checkpoint=out, fingerprint="fp",
+                ema_decay=0.9, device="cpu", tensorboard_dir=None, checkpoint_every=0, log_every=3)
+    assert seen == [False] * TRAIN["iterations"] and out.is_file()

@@ -344,13 +344,24 @@ def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:
     lab = np.array(Image.open(out_dir / files[0]))
     assert lab.shape == (H, W) and set(np.unique(lab)) <= set(CLASSES) | {255}
     # the original's global log-likelihood threshold: -inf keeps everything, +inf nothing
-    for thr, cov in ((-1e9, 1.0), (1e9, 0.0)):
+    def loglik(thr, runtime):
         pseudo_labels.run(checkpoint=ckpt, prototypes=gmm, target=tgt, target_gt=None, out_dir=out_dir,
-                          out_quality=q, data=DATA, runtime=RUNTIME,
+                          out_quality=q, data=DATA, runtime=runtime,
                           cfg=schema_defaults("pseudo_labels", rule="gmm", selection="loglik", threshold=thr,
                                               adabn=NO_ADABN))
-        quality = json.loads(q.read_text())
-        assert quality["coverage"] == pytest.approx(cov) and quality["accuracy"] is None
+
+    loglik(-1e9, RUNTIME)
+    quality = json.loads(q.read_text())
+    assert quality["coverage"] == pytest.approx(1.0) and quality["accuracy"] is None
+    # an empty label set stops the stage (runtime.min_label_coverage), the earlier labels stay as they were
+    before = {f.name: f.read_bytes() for f in out_dir.iterdir()}, q.read_bytes()
+    with pytest.raises(InputError, match=r"pl: pseudo_labels gave labels to 0\.00% of the target pixels, under "
+                                         r"runtime\.min_label_coverage \(1\.00%\); nothing was written"):
+        loglik(1e9, RUNTIME)
+    assert ({f.name: f.read_bytes() for f in out_dir.iterdir()}, q.read_bytes()) == before
+    loglik(1e9, {**RUNTIME, "min_label_coverage": 0})                # 0: accepted
+    quality = json.loads(q.read_text())
+    assert quality["coverage"] == 0.0 and quality["accuracy"] is None
     # balanced: confidence thresholds per class, none above the global one (null = 0.9)
     pseudo_labels.run(checkpoint=ckpt, prototypes=gmm, target=tgt, target_gt=tgt_gt, out_dir=out_dir,
                       out_quality=q, data=DATA, runtime=RUNTIME,

@@ -469,9 +469,16 @@ def test_teacher_labels_confidence_selection_leaves_unsure_pixels_unlabelled(tin
     out_dir, quality = tiny["tmp"] / "tl_sel", tiny["tmp"] / "tl_sel.json"
     base = {"scales": [1.0], "flip": False, "adabn": {"enabled": False, "max_images": 2, "batch_size": 2}}
     for threshold, expected in ((0.999, POLE), (0.9995, 255)):
-        teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=out_dir,
-                           out_quality=quality, cfg={**base, "selection": "confidence", "threshold": threshold},
-                           data=DATA, runtime=RUNTIME_T)
+        def label(runtime):
+            teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=out_dir,
+                               out_quality=quality, cfg={**base, "selection": "confidence", "threshold": threshold},
+                               data=DATA, runtime=runtime)
+        if expected == 255:  # an empty label set stops the stage and leaves the earlier labels as they were
+            before = sorted((f.name, f.read_bytes()) for f in out_dir.iterdir()), quality.read_bytes()
+            with pytest.raises(InputError, match=r"teacher labels gave labels to 0\.00% of the target pixels"):
+                label(RUNTIME_T)
+            assert (sorted((f.name, f.read_bytes()) for f in out_dir.iterdir()), quality.read_bytes()) == before
+        label({**RUNTIME_T, "min_label_coverage": 0} if expected == 255 else RUNTIME_T)
         for f in out_dir.iterdir():
             assert np.all(read_label_png(f) == expected), threshold
         q = json.loads(quality.read_text())

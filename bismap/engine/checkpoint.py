@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -112,6 +112,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", whic
     weights = ckpt.get(which)
     if weights is None:
         raise InputError(f"{path}: checkpoint has no {which!r} weights (trained without EMA?)")
+    from bismap.engine.divergence import nonfinite_tensor
+
+    bad = nonfinite_tensor(weights)
+    if bad is not None:  # a model written before the divergence guard, or by another tool
+        raise InputError(f"{path}: its {which} weight {bad} holds NaN or inf (training diverged): rerun the "
+                         f"stage that wrote it with a lower train.lr")
     cfg = dict(ckpt["model_config"])
     cfg["weights"] = "none"  # the stored weights replace any pretrained initialisation
     model = build_model(cfg)
@@ -120,6 +126,27 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", whic
     except RuntimeError as e:
         raise InputError(f"{path}: weights do not match model_config ({str(e).splitlines()[0]})") from None
     return model.to(device).eval()
+
+
+def restore_training_state(state: dict, model, ema, optimizer, scheduler, scaler, streams, rank: int) -> int:
+    """Load a resume file's state into a run's objects (this rank's RNG and stream positions); its iteration."""
+    model.load_state_dict(state["model"])
+    if ema is not None:
+        if state.get("ema") is None:
+            raise ValueError("resume file has no EMA weights but this run uses an EMA teacher")
+        ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    stream_states = state["streams"][rank]
+    missing = set(streams) - set(stream_states)
+    if missing:
+        raise ValueError(f"resume file has no state for stream(s) {sorted(missing)}")
+    for name, s in streams.items():
+        s.load_state_dict(stream_states[name])
+    restore_rng_state(state["rng"][rank])
+    return int(state["iteration"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,3 +185,14 @@ def _to_lists(x: Any) -> Any:
 
 def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def model_config_of(model: nn.Module, given: dict | None) -> dict | None:
+    """The `model` slice a checkpoint stores for load_model: `given`, else model.model_config/.config/.cfg."""
+    if given is not None:
+        return dict(given)
+    for attr in ("model_config", "config", "cfg"):
+        value = getattr(model, attr, None)
+        if isinstance(value, Mapping):
+            return dict(value)
+    return None

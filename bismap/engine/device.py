@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import Any, ContextManager, Mapping
 
 import torch
 
@@ -126,3 +126,17 @@ def resolve_amp(mode: str, device: torch.device) -> AmpSettings:
     if mode == "bf16":
         return AmpSettings(torch.bfloat16, False, device.type)
     return AmpSettings(torch.float16, True, device.type)
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    """A batch (tensors in nested dicts, lists, tuples) on `device`; 4-d float tensors NHWC when channels_last."""
+    if isinstance(batch, torch.Tensor):
+        t = batch.to(device, non_blocking=True)
+        if channels_last and t.dim() == 4 and t.is_floating_point():
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch

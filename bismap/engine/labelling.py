@@ -105,6 +105,22 @@ def apply_selection(label: np.ndarray, score: np.ndarray, mode: str, threshold: 
     return out
 
 
+def check_scores(score: np.ndarray | None, name: str, stage: str) -> None:
+    """NaN (or +inf) scores would pass every threshold test (`score < t` is False) and label the pixel."""
+    if score is not None and (np.isnan(score).any() or np.isposinf(score).any()):
+        raise InputError(f"{stage}: the scores of target image {name} hold NaN or inf (a diverged model or "
+                         f"prototypes?); nothing was written")
+
+
+def check_coverage(quality: dict, min_coverage: float, out_dir, stage: str) -> None:
+    """An empty (or nearly empty) label set turns self-training into source-only training silently."""
+    coverage = float(quality["coverage"])
+    if min_coverage > 0 and coverage < min_coverage:
+        raise InputError(f"{out_dir}: {stage} gave labels to {coverage:.2%} of the target pixels, under "
+                         f"runtime.min_label_coverage ({min_coverage:.2%}); nothing was written. Lower the "
+                         f"stage's threshold, or set runtime.min_label_coverage: 0 to accept it")
+
+
 def sample_scores(label: np.ndarray, score: np.ndarray, n: int | None, rng: np.random.Generator,
                   into: dict[int, list[np.ndarray]]) -> None:
     """Add (a seeded random subset of n pixels of) this image's scores to the per-class pools."""
@@ -158,7 +174,8 @@ def pooled_thresholds(pairs, n: int, *, mode: str, threshold: float | None, perc
 
 
 def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: str, threshold: float,
-                 percentile: float, sample_pixels: int | None, seed: int, stage: str, cache_mb: float = 0) -> None:
+                 percentile: float, sample_pixels: int | None, seed: int, stage: str, cache_mb: float = 0,
+                 min_coverage: float = 0.0) -> None:
     """Shared driver: optional first pass for per-class percentiles, then label, save, and score
     (`cache_mb`: the first pass's results are replayed by the second while they fit, see `replayable`)."""
     from bismap.evaluation.quality import label_quality
@@ -168,7 +185,9 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
     def results() -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
         for i in range(n):
             item = ds[i]
-            yield (item["name"], item["file"], *predict(item))
+            label, score = predict(item)
+            check_scores(score, item["file"], stage)
+            yield item["name"], item["file"], label, score
 
     class_thr = None
     if mode in ("percentile", "balanced"):
@@ -178,6 +197,7 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
                                       seed=seed, stage=stage)
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(_quality_pairs(results(), n, gt_ds, mode, threshold, class_thr, Path(tmp), stage))
+        check_coverage(quality, min_coverage, out_dir, stage)  # inside: a refused set leaves nothing behind
     if class_thr is not None and isinstance(quality, dict):
         quality = {**quality, "class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}}
     write_json(out_quality, {**quality, **thread_record()})

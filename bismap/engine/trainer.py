@@ -12,14 +12,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from bismap.engine import checkpoint as ckpt_io
 from bismap.engine import distributed as ddp
-from bismap.engine.device import resolve_amp
+from bismap.engine.device import resolve_amp, to_device
+from bismap.engine.divergence import DivergenceGuard, Diverged, nonfinite_tensor
 from bismap.engine.ema import create_ema, update_ema
 from bismap.engine.fingerprint import changed_parts
 from bismap.engine.optim import from_train_cfg
@@ -38,7 +39,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
 # Keys the trainer accepts but that belong to the caller (e.g. the streams' batch size).
 _PASSTHROUGH_KEYS = {"batch_size"}
 _RESERVED = {"format", "model_config", "model", "ema", "iteration", "fingerprint", "train_cfg", "optimizer",
-             "scheduler", "scaler", "rng", "streams", "world_size", "fingerprint_parts"}
+             "scheduler", "scaler", "rng", "streams", "world_size", "fingerprint_parts", "guard"}
 
 
 def resolve_train_cfg(train_cfg: Mapping[str, Any]) -> dict:
@@ -59,17 +60,11 @@ def resolve_train_cfg(train_cfg: Mapping[str, Any]) -> dict:
     return cfg
 
 
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
-    if isinstance(batch, torch.Tensor):
-        t = batch.to(device, non_blocking=True)
-        if channels_last and t.dim() == 4 and t.is_floating_point():
-            t = t.contiguous(memory_format=torch.channels_last)
-        return t
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device, channels_last) for v in batch)
-    return batch
+def runtime_options(runtime: Mapping[str, Any]) -> dict:
+    """fit's keyword arguments that come from the config's `runtime` section (they change no result)."""
+    return {"log_every": int(runtime["log_every"]), "checkpoint_every": int(runtime["checkpoint_every"]),
+            "max_loss_growth": float(runtime["max_loss_growth"]),
+            "max_weight_growth": float(runtime["max_weight_growth"])}
 
 
 def _format_eta(seconds: float) -> str:
@@ -100,16 +95,6 @@ def _tensorboard_writer(folder: Path | None):
     return SummaryWriter(log_dir=str(folder))
 
 
-def _model_config(model: nn.Module, given: dict | None) -> dict | None:
-    if given is not None:
-        return dict(given)
-    for attr in ("model_config", "config", "cfg"):
-        value = getattr(model, attr, None)
-        if isinstance(value, Mapping):
-            return dict(value)
-    return None
-
-
 @dataclass
 class _Run:
     """Everything one training run holds between its steps (built by _setup)."""
@@ -137,6 +122,7 @@ class _Run:
     side: SideThread = field(default_factory=lambda: SideThread(False))
     trainable: list = field(default_factory=list)  # the parameters the side thread differentiates
     writer: Any = None
+    guard: DivergenceGuard = field(default_factory=DivergenceGuard)
 
     @property
     def main(self) -> bool:
@@ -167,7 +153,7 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
         fingerprint: str, log_every: int, checkpoint_every: int, ema_decay: float | None = None,
         device: torch.device | str = "cpu", extra_state: Mapping[str, Any] | None = None,
         model_config: dict | None = None, tensorboard_dir: str | os.PathLike | None = "auto",
-        side_thread: bool = False) -> Path:
+        side_thread: bool = False, max_loss_growth: float = 0.0, max_weight_growth: float = 0.0) -> Path:
     """Train `model` for train_cfg["iterations"] steps and write the final checkpoint; returns its path.
 
     Resumes from `<out_checkpoint>.resume.pt` when its fingerprint equals `fingerprint`.
@@ -179,12 +165,15 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
     tensorboard is not installed).
     side_thread: teachers' forwards and branch backwards on a second thread (engine.side_thread; used
     on a CPU, in one process, without a gradient scaler): the same numbers, faster with a free core.
+    max_loss_growth / max_weight_growth: the divergence guard's limits (engine.divergence; 0 = off): the
+    run stops with a one-line error at the first progress line or checkpoint where it has diverged.
     """
     run = _setup(model, streams, train_cfg, out_checkpoint, fingerprint, ema_decay, device, extra_state,
                  model_config, log_every, checkpoint_every)
     run.side = SideThread(side_thread and run.device.type == "cpu" and run.info.world_size == 1
                           and not run.amp.use_scaler)
     run.trainable = [p for p in run.model.parameters() if p.requires_grad]
+    run.guard = DivergenceGuard(float(max_loss_growth), float(max_weight_growth))
     try:
         _train(run, loss_fn, tensorboard_dir)
     finally:
@@ -200,17 +189,21 @@ def _train(run: _Run, loss_fn, tensorboard_dir) -> None:
     if start == 0:
         _seed_everything(int(run.cfg["seed"]), run.info.rank)
     _open_log(run, tensorboard_dir)
+    run.guard.start(run.model)
     window = _LossWindow()
     for it in range(start, run.total):
         losses, loss = _step(run, loss_fn, it)
+        run.guard.record_first_loss(loss)  # a host sync at the first iteration only
         window.add(losses, loss)
         done = it + 1
         if done % run.log_every == 0 or done == run.total:
-            _log_progress(run, window, done)
+            _log_progress(run, window, done)  # checks for divergence (also the final state's)
             window = _LossWindow()
         if run.checkpoint_every > 0 and done % run.checkpoint_every == 0 and done < run.total:
             ddp.broadcast_buffers(run.model)
             ddp.broadcast_buffers(run.ema)
+            partial = float(window.sums["total"]) / window.count if window.count else None
+            _check_divergence(run, done, partial)  # never write a diverged resume file
             _save_resume(run, done)
     _save_final(run)
     ddp.barrier()
@@ -227,7 +220,7 @@ def _setup(model, streams, train_cfg, out_checkpoint, fingerprint, ema_decay, de
     clash = _RESERVED & set(extra)
     if clash:
         raise ValueError(f"extra_state uses reserved checkpoint key(s) {sorted(clash)}")
-    mcfg = _model_config(model, model_config)
+    mcfg = ckpt_io.model_config_of(model, model_config)
     if mcfg is None:  # fail now, not after hours of training with a checkpoint nobody can load
         raise ValueError("trainer.fit: pass model_config= (the `model` slice the network was built from) "
                          "or set model.config; load_model rebuilds the network from it")
@@ -268,9 +261,15 @@ def _resume(run: _Run) -> int:
         _note(run, f"note: {run.resume_file} was written by {state.get('world_size')} process(es), this run has "
                    f"{run.info.world_size}; starting fresh")
         state = None
+    bad = None if state is None else nonfinite_tensor(state["model"]) or nonfinite_tensor(state.get("ema") or {})
+    if bad is not None:
+        _note(run, f"note: not resuming from {run.resume_file}: its {bad} holds NaN or inf (written by a diverged "
+                   f"run); starting fresh")
+        state = None
     if state is None:
         return 0
-    start = _restore(state, run.model, run.ema, run.optimizer, run.scheduler, run.scaler, run.streams,
+    run.guard.load_state_dict(state.get("guard"))
+    start = ckpt_io.restore_training_state(state, run.model, run.ema, run.optimizer, run.scheduler, run.scaler, run.streams,
                      run.info.rank)
     _note(run, f"resuming from {run.resume_file} at iteration {start}/{run.total}")
     return start
@@ -307,7 +306,7 @@ def _open_log(run: _Run, tensorboard_dir) -> None:
 def _step(run: _Run, loss_fn, it: int) -> tuple[Mapping[str, torch.Tensor], torch.Tensor]:
     """One iteration: a batch from every stream, the losses, one backward (or the branches' backwards
     on the side thread), optimizer/scheduler/EMA steps."""
-    batches = {name: _to_device(next(s), run.device, run.channels_last) for name, s in run.streams.items()}
+    batches = {name: to_device(next(s), run.device, run.channels_last) for name, s in run.streams.items()}
     branches = Branches(run.side, run.trainable) if run.side.enabled else None
     ctx = StepContext(model=run.net, ema=run.ema, batches=batches, iteration=it, device=run.device,
                       autocast=run.amp.autocast, total_iterations=run.total, side=run.side, branches=branches)
@@ -346,9 +345,16 @@ def _log_progress(run: _Run, window: _LossWindow, done: int) -> None:
                 run.writer.add_scalar(f"loss/{k}", v, done)
             run.writer.add_scalar("lr", lr, done)
             run.writer.add_scalar("it_per_s", rate, done)
-    if not math.isfinite(means["total"]) and not run.amp.use_scaler:
-        raise FloatingPointError(f"{run.out_checkpoint}: training loss became {means['total']} at iteration "
-                                 f"{done}; lower train.lr or check the inputs")
+    _check_divergence(run, done, means["total"])
+
+
+def _check_divergence(run: _Run, done: int, loss_mean: float | None) -> None:
+    """Raise Diverged (one line) when any rank sees a sign of divergence at iteration `done`. A
+    non-finite loss passes under AMP's gradient scaler, which skips such steps."""
+    problem = run.guard.problem(run.model, run.ema, loss_mean, loss_must_be_finite=not run.amp.use_scaler)
+    problems = [p for p in ddp.all_gather_object(problem) if p]
+    if problems:
+        raise Diverged.at(run.out_checkpoint, done, run.total, problems[0], run.resume_file, float(run.cfg["lr"]))
 
 
 def _save_final(run: _Run) -> None:
@@ -381,26 +387,6 @@ def _save_resume(run: _Run, iteration: int) -> None:
                  "model": run.model.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
                  "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict(), "rng": [g["rng"] for g in gathered],
-                 "streams": [g["streams"] for g in gathered], **run.extra}
+                 "streams": [g["streams"] for g in gathered], "guard": run.guard.state_dict(), **run.extra}
         ckpt_io.save_checkpoint(run.resume_file, state)
     ddp.barrier()
-
-
-def _restore(state: dict, model, ema, optimizer, scheduler, scaler, streams, rank: int) -> int:
-    model.load_state_dict(state["model"])
-    if ema is not None:
-        if state.get("ema") is None:
-            raise ValueError("resume file has no EMA weights but this run uses an EMA teacher")
-        ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    stream_states = state["streams"][rank]
-    missing = set(streams) - set(stream_states)
-    if missing:
-        raise ValueError(f"resume file has no state for stream(s) {sorted(missing)}")
-    for name, s in streams.items():
-        s.load_state_dict(stream_states[name])
-    ckpt_io.restore_rng_state(state["rng"][rank])
-    return int(state["iteration"])

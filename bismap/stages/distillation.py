@@ -100,7 +100,7 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_chec
                      train=train, augment=augment, cfg=cfg, data=data, **warm_start)
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg, teacher), streams=streams,
                 train_cfg=train, out_checkpoint=Path(out_checkpoint), fingerprint=fp,
-                log_every=runtime["log_every"], checkpoint_every=runtime["checkpoint_every"],
+                **trainer.runtime_options(runtime),
                 ema_decay=None, device=device,
                 model_config=student_cfg, extra_state={"data": normalisation(data)},
                 side_thread=runtime["side_thread"])

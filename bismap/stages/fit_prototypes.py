@@ -70,6 +70,9 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
                 print(f"fit_prototypes: class {c}: no features, skipped", flush=True)
                 continue
             x = torch.from_numpy(ds[()].astype(np.float32))
+            if not bool(torch.isfinite(x).all()):
+                raise InputError(f"{features_h5}: class_{c} holds NaN or inf features (written from a diverged "
+                                 f"model?); nothing can be fitted to them")
             if normalize:
                 x = unit_rows(x)
             if n > max_samples:

@@ -42,4 +42,5 @@ def run(*, checkpoint: str | os.PathLike, target: dict, target_gt: dict | None, 
     print(f"naive_labels: {len(ds)} target images, selection {mode}", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,
                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
-                 stage="naive_labels", cache_mb=float(runtime["label_cache_mb"]))
+                 stage="naive_labels", cache_mb=float(runtime["label_cache_mb"]),
+                 min_coverage=float(runtime["min_label_coverage"]))

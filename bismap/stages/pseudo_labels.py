@@ -187,4 +187,5 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
           f"selection {mode}, {'unit-length' if meta.get('normalize') else 'raw'} features", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=reusing(predict, kept), out_dir=out_dir, out_quality=out_quality, mode=mode,
                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
-                 stage="pseudo_labels", cache_mb=float(runtime["label_cache_mb"]))
+                 stage="pseudo_labels", cache_mb=float(runtime["label_cache_mb"]),
+                 min_coverage=float(runtime["min_label_coverage"]))

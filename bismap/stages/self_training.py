@@ -118,6 +118,6 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoi
                             data=data)
     ema_decay = float(cons["ema_decay"]) if use_consistency else None
     trainer.fit(model=net, loss_fn=make_loss_fn(cfg), streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=runtime["log_every"],
-                checkpoint_every=runtime["checkpoint_every"], ema_decay=ema_decay, device=device,
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, **trainer.runtime_options(runtime),
+                ema_decay=ema_decay, device=device,
                 model_config=model, extra_state={"data": normalisation(data)}, side_thread=runtime["side_thread"])

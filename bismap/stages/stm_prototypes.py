@@ -26,6 +26,8 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
     with f:
         x = ds[()]
     x = torch.from_numpy(x.reshape(-1, x.shape[-1]).astype(np.float32))
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{features_h5}: the target grid features hold NaN or inf; nothing can be clustered")
     k, seed = int(cfg["k"]), int(cfg["kmeans_seed"])
     max_samples = int(cfg["max_samples"])
     if x.shape[0] > max_samples:

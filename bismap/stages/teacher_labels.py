@@ -22,7 +22,8 @@ import numpy as np
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import item_logits, label_maps
 from bismap.engine.prior_alignment import offset_for
-from bismap.engine.labelling import apply_selection, pooled_thresholds, replayable, thread_record
+from bismap.engine.labelling import (apply_selection, check_coverage, check_scores, pooled_thresholds, replayable,
+                                     thread_record)
 from bismap.engine.stage_setup import setup_device
 
 SECTION = "teacher_labels"
@@ -116,6 +117,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
 
     def labelled(tmp: Path):
         for k, (name, file, pred, _, conf) in enumerate(predictions()):
+            check_scores(conf, file, "teacher labels")
             if selects:
                 pred = apply_selection(pred, conf, selection, threshold, class_thr)
             save_label_png(tmp / file, pred)
@@ -126,6 +128,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
 
     with atomic_dir(out_dir) as tmp:
         quality = label_quality(labelled(tmp))
+        check_coverage(quality, float(runtime["min_label_coverage"]), out_dir, "teacher labels")
     quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip, "selection": selection,
                     "threshold": threshold,
                     **({"class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}} if class_thr else {}),

@@ -35,6 +35,6 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, a
                             train=train, augment=augment,
                             data=data)
     trainer.fit(model=net, loss_fn=loss_fn, streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, log_every=runtime["log_every"],
-                checkpoint_every=runtime["checkpoint_every"], ema_decay=None, device=device,
+                out_checkpoint=Path(out_checkpoint), fingerprint=fp, **trainer.runtime_options(runtime),
+                ema_decay=None, device=device,
                 model_config=model, extra_state={"data": normalisation(data)})
