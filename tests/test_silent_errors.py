@@ -112,3 +112,44 @@ def test_checkpoint_every_0_is_accepted_and_writes_no_resume_file(tmp_path):
     trainer.fit(model=model, loss_fn=watching, streams=streams, train_cfg=TRAIN, out_checkpoint=out, fingerprint="fp",
                 ema_decay=0.9, device="cpu", tensorboard_dir=None, checkpoint_every=0, log_every=3)
     assert seen == [False] * TRAIN["iterations"] and out.is_file()
+
+
+def test_bismap_version(capsys):
+    import bismap
+    from bismap.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"bismap {bismap.__version__}"
+
+
+def test_cityscapes_reader_takes_upper_case_suffixes_and_skips_hidden_files(tmp_path):
+    """Before: `.PNG` images were dropped without a word and macOS `._*` files were read as images."""
+    root = tmp_path / "cs"
+    img, gt = root / "leftImg8bit" / "train" / "bonn", root / "gtFine" / "train" / "bonn"
+    img.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    for k, suffix in enumerate((".png", ".PNG")):
+        Image.fromarray(np.full((8, 16, 3), 50 * k, np.uint8)).save(img / f"bonn_000000_00000{k}_leftImg8bit{suffix}",
+                                                                   format="PNG")
+        Image.fromarray(np.full((8, 16), 7, np.uint8)).save(gt / f"bonn_000000_00000{k}_gtFine_labelIds{suffix}",
+                                                           format="PNG")
+    (img / "._bonn_000000_000000_leftImg8bit.png").write_bytes(b"\0\5\26\7 resource fork")
+    (img / ".DS_Store").write_bytes(b"\0")
+    ds = open_dataset({"dataset": "cityscapes", "root": str(root), "split": "train"})
+    assert [Path(f).name for f in ds.names] == ["bonn_000000_000000_leftImg8bit", "bonn_000000_000001_leftImg8bit"]
+    assert all(np.all(ds[i]["label"] == 0) for i in range(2))  # labelId 7 (road) -> trainId 0
+
+
+def test_a_jpeg_saved_as_png_is_refused_as_a_label(tmp_path):
+    """Before: read as a label, with about a fifth of the pixels in other classes (JPEG's edge ringing)."""
+    from bismap.data.labels import read_label_png
+
+    ids = np.zeros((32, 64), np.uint8)
+    ids[:, 20:40] = 7
+    ids[10:20, :] = 26
+    Image.fromarray(ids).save(tmp_path / "ok.png")
+    assert np.array_equal(read_label_png(tmp_path / "ok.png"), ids)
+    Image.fromarray(ids).save(tmp_path / "00001.png", format="JPEG", quality=75)
+    with pytest.raises(InputError, match=r"00001\.png: a label must be a \(lossless\) PNG file, this one is JPEG"):
+        read_label_png(tmp_path / "00001.png")

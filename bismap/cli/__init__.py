@@ -16,7 +16,10 @@ SUBCOMMANDS = ("synth", "evaluate", "predict", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bismap import __version__
+
     parser = argparse.ArgumentParser(prog="bismap", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bismap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"bismap.cli.{name}").add_parser(sub)

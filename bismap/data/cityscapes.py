@@ -32,7 +32,11 @@ def cityscapes_images(root: Path, split: str) -> list[Path]:
         raise InputError(f"{root}: Cityscapes root folder not found")
     if not folder.is_dir():
         raise InputError(f"{folder}: Cityscapes split '{split}' not found")
-    images = sorted(folder.glob(f"*/*{IMAGE_SUFFIX}"))
+    # Any case of the suffix (a copy from a case-insensitive disk may say .PNG); hidden files and folders
+    # (macOS `._*` resource forks, `.DS_Store`) are not images.
+    images = sorted(p for city in folder.iterdir() if city.is_dir() and not city.name.startswith(".")
+                    for p in city.iterdir() if p.name.lower().endswith(IMAGE_SUFFIX.lower())
+                    and not p.name.startswith(".") and p.is_file())
     if not images:
         raise InputError(f"{folder}: no */*{IMAGE_SUFFIX} files")
     return images
@@ -40,7 +44,10 @@ def cityscapes_images(root: Path, split: str) -> list[Path]:
 
 def gt_path(root: Path, split: str, image: Path) -> Path:
     stem = image.name[: -len(IMAGE_SUFFIX)]
-    return root / "gtFine" / split / image.parent.name / f"{stem}{GT_SUFFIX}"
+    folder = root / "gtFine" / split / image.parent.name
+    exact = folder / f"{stem}{GT_SUFFIX}"
+    upper = folder / f"{stem}{GT_SUFFIX[:-4]}{image.name[-4:]}"  # the image's own suffix case
+    return upper if not exact.is_file() and upper.is_file() else exact
 
 
 def cityscapes_entries(root: str | Path, split: str, with_labels: bool = True) -> list[Entry]:

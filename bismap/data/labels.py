@@ -134,6 +134,8 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     from bismap.data.image_io import open_image
 
     im = open_image(path)
+    if im.format not in ("PNG", None):  # a JPEG renamed .png: lossy, so class ids change along every edge
+        raise InputError(f"{path}: a label must be a (lossless) PNG file, this one is {im.format}")
     if im.mode in ("L", "P"):
         return np.array(im, dtype=np.uint8)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
