@@ -271,7 +271,8 @@ def previous_model(r):
 
 def summary_outputs():
     return [f"{RESULTS}/summary.md", f"{RESULTS}/summary.json", f"{RESULTS}/figures/miou.png",
-            f"{RESULTS}/figures/samples.png"]
+            f"{RESULTS}/figures/samples.png", f"{RESULTS}/tables/models.html",
+            f"{RESULTS}/tables/per_class_iou.html", f"{RESULTS}/tables/label_quality.html"]
 
 
 def print_summary():

@@ -3,7 +3,7 @@
 
 
 rule report:
-    """Metrics table (markdown + json), per-model mIoU bar plot and example mosaics."""
+    """Metrics tables (markdown, json, HTML for the report), per-model mIoU bar plot and example mosaics."""
     input:
         metrics=[f"{RESULTS}/metrics/{name}.json" for name, _ in MODELS],
         quality=list(label_quality_inputs().values()),
@@ -18,6 +18,11 @@ rule report:
         miou_png=report(f"{RESULTS}/figures/miou.png", category="Results", caption="../report/miou.rst"),
         samples_png=report(f"{RESULTS}/figures/samples.png", category="Examples",
                            caption="../report/samples.rst"),
+        models_html=report(f"{RESULTS}/tables/models.html", category="Results", caption="../report/models.rst"),
+        per_class_html=report(f"{RESULTS}/tables/per_class_iou.html", category="Results",
+                              caption="../report/per_class_iou.rst"),
+        label_quality_html=report(f"{RESULTS}/tables/label_quality.html", category="Results",
+                                  caption="../report/label_quality.rst"),
     params:
         experiment=EXP,
         models=[label for _, label in MODELS],

@@ -13,4 +13,6 @@ with stage_logging(smk):
         stm_maps=smk.input.get("stm_maps"), target=smk.params.target, target_gt=smk.params.target_gt,
         source=smk.params.source, out_md=smk.output.summary_md, out_json=smk.output.summary_json,
         out_miou_png=smk.output.miou_png, out_samples_png=smk.output.samples_png, experiment=smk.params.experiment,
-        protocol=smk.params.protocol, cfg=smk.params.cfg, data=smk.params.data, threads=smk.threads)
+        protocol=smk.params.protocol, cfg=smk.params.cfg, data=smk.params.data,
+        out_tables={"models": smk.output.models_html, "per_class_iou": smk.output.per_class_html,
+                    "label_quality": smk.output.label_quality_html}, threads=smk.threads)

@@ -429,7 +429,7 @@ def test_normalized_prototypes_score_unit_length_features(tmp_path) -> None:
     """prototypes.normalize: the fit sees unit rows and records it; the scorer scales each pixel
     feature to unit length first (here the output size equals the feature size, so upsampling is
     the identity and the result must equal scoring pre-normalised features the plain way)."""
-    from bismap.prototypes import DiagonalGMM, unit_rows
+    from bismap.prototypes import unit_rows
     from bismap.stages import fit_prototypes
     from bismap.stages.pseudo_labels import gmm_predictor
 

@@ -297,6 +297,10 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     assert "| BiSMAP self-training |" in proc.stdout + proc.stderr  # printed at the end of the run
     for png in ("figures/miou.png", "figures/samples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<td>BiSMAP self-training</td>" in (out / "tables" / "models.html").read_text()
+    # every training stage writes TensorBoard event files and its last progress line reaches the console
+    assert list((out / "models" / "warmup.pt.tb").glob("events.out.tfevents.*"))
+    assert "bismap warmup: [2/2] " in proc.stderr
     # a successful run leaves no temporaries (issue 12), checked its inputs first, keeps attempt logs
     assert not [p for p in wf.rglob(".*") if ".tmp" in p.name or p.name.endswith(".old")]
     for part in ("source", "target", "val"):
@@ -325,3 +329,4 @@ def test_tiny_run_then_exact_reruns(wf, tmp_path):
     rep = snakemake(wf, "--configfile", "configs/tiny.yaml", "--report", "report.html")
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert (wf / "report.html").stat().st_size > 10_000
+    assert "per_class_iou.html" in (wf / "report.html").read_text()

@@ -80,3 +80,38 @@ def test_stage_logging_turns_input_error_into_one_line(tmp_path, capsys):
     assert err.getvalue() == "bismap demo: error: data/x.png: truncated\n"
     text = log.read_text()
     assert "working" in text and "error: data/x.png: truncated" in text and "Traceback" not in text
+
+
+def test_html_tables_hold_every_model_and_class_escaped(tmp_path):
+    s = report.build_summary(experiment="x<y", models=["source-only", "a&b"], metrics=[metrics(0.3), metrics(0.5)],
+                             quality_labels=[], quality=[], protocol="cityscapes19")
+    tables = report.summary_tables(s)
+    assert set(tables) == {"models", "per_class_iou", "label_quality"}
+    page = report.table_html("x<y", *tables["per_class_iou"])
+    assert all(f"<td>{name}</td>" in page for name in CLASS_NAMES)
+    assert "<th>a&amp;b</th>" in page and "<title>x&lt;y</title>" in page and "a&b" not in page
+    models = report.table_html("x", *tables["models"])
+    assert "<tr><td>source-only</td><td>30.0</td><td>35.0</td><td>90.0</td></tr>" in models
+    assert "`" not in models
+    empty = report.table_html("x", *tables["label_quality"])
+    assert '<td colspan="4">none</td>' in empty
+
+
+def test_console_progress_repeats_progress_lines_at_most_every_interval(monkeypatch):
+    from bismap.workflow import stage_logging as sl
+
+    shown = []
+    monkeypatch.setattr(sl, "_console", shown.append)
+    now = [0.0]
+    sink = sl.ConsoleProgress("warmup", 60, clock=lambda: now[0])
+    for i, t in zip(range(1, 6), (0, 30, 61, 90, 95)):
+        now[0] = t
+        sink.write(f"[{i}/5] 1.00 it/s ETA 0:0{5 - i} | loss 1.0 | lr 0.1\n")
+    sink.write("not a progress line\n[2/5] without the estimate\n")
+    sink.write("[5/5] 1.00 it/s ETA 0:00 |")  # no newline yet: held back
+    assert shown == ["bismap warmup: [1/5] 1.00 it/s ETA 0:04 | loss 1.0 | lr 0.1",
+                     "bismap warmup: [3/5] 1.00 it/s ETA 0:02 | loss 1.0 | lr 0.1",
+                     "bismap warmup: [5/5] 1.00 it/s ETA 0:00 | loss 1.0 | lr 0.1"]
+    off = sl.ConsoleProgress("warmup", 0)
+    off.write("[1/1] 1.00 it/s ETA 0:00 | x\n")
+    assert len(shown) == 3

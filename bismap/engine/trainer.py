@@ -90,7 +90,8 @@ def _tensorboard_writer(folder: Path | None):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
+    except ImportError as e:  # a dependency, but training does not need it
+        print(f"note: no TensorBoard event files ({e}); `pip install tensorboard` to get them", flush=True)
         return None
     return SummaryWriter(log_dir=str(folder))
 

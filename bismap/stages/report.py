@@ -7,6 +7,7 @@ example images with their labels, predictions and STM maps. Figures are drawn wi
 """
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,40 +61,58 @@ def build_summary(*, experiment: str, models: Sequence[str], metrics: Sequence[d
     return {"experiment": experiment, "protocol": protocol, "models": rows, "label_sets": labels}
 
 
-def summary_markdown(summary: dict) -> str:
-    """Three tables: models (mIoU), per-class IoU (classes x models), label sets."""
+def summary_tables(summary: dict) -> dict[str, tuple[str, list[str], list[list[str]]]]:
+    """The three tables, each (title, header, rows of cells): models, per-class IoU, label sets.
+
+    One structure rendered twice: Markdown for summary.md and the console, HTML for the report.
+    """
     rows = summary["models"]
     synthia = summary["protocol"] == "synthia"
-    lines = [f"# bismap results: {summary['experiment']}", ""]
     headline = "mIoU-16" if synthia else "mIoU over 19 classes"
-    lines.append(f"Target val, protocol `{summary['protocol']}` (headline: {headline}); IoU in %, `-` = class "
-                 "absent from prediction and ground truth.")
-    lines.append("")
+    title = (f"Target val, protocol `{summary['protocol']}` (headline: {headline}); IoU in %, `-` = class "
+             "absent from prediction and ground truth.")
     if synthia:
-        head = ("| model | mIoU-16 | mIoU-13 | mIoU-16 (missing ignored) | mIoU-13 (missing ignored) | mIoU-19 "
-                "| pixel acc |")
-        lines += [head, "|" + "---|" * 7]
-        for r in rows:
-            lines.append(f"| {r['model']} | {_pct(r['miou16'])} | {_pct(r['miou13'])} | "
-                         f"{_pct(r['miou16_ignore_missing'])} | {_pct(r['miou13_ignore_missing'])} | "
-                         f"{_pct(r['miou'])} | {_pct(r['pixel_accuracy'])} |")
+        header = ["model", "mIoU-16", "mIoU-13", "mIoU-16 (missing ignored)", "mIoU-13 (missing ignored)",
+                  "mIoU-19", "pixel acc"]
+        cells = [[r["model"]] + [_pct(r[k]) for k in ("miou16", "miou13", "miou16_ignore_missing",
+                                                      "miou13_ignore_missing", "miou", "pixel_accuracy")]
+                 for r in rows]
     else:
-        lines += ["| model | mIoU (19 classes) | mIoU (classes present) | pixel acc |", "|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['model']} | {_pct(r['miou'])} | {_pct(r['miou_present'])} | "
-                         f"{_pct(r['pixel_accuracy'])} |")
-    lines += ["", "Per-class IoU:", ""]
+        header = ["model", "mIoU (19 classes)", "mIoU (classes present)", "pixel acc"]
+        cells = [[r["model"], _pct(r["miou"]), _pct(r["miou_present"]), _pct(r["pixel_accuracy"])] for r in rows]
+    tables = {"models": (title, header, cells)}
     classes = list(rows[0]["iou_per_class"]) if rows else []
-    lines.append("| class | " + " | ".join(r["model"] for r in rows) + " |")
-    lines.append("|---|" + "---|" * len(rows))
-    for c in classes:
-        lines.append(f"| {c} | " + " | ".join(_pct(r["iou_per_class"].get(c)) for r in rows) + " |")
-    if summary["label_sets"]:
-        lines += ["", "Target train labels (accuracy and mIoU over labelled pixels, against ground truth):", "",
-                  "| labels | coverage | accuracy | mIoU |", "|---|---|---|---|"]
-        for q in summary["label_sets"]:
-            lines.append(f"| {q['labels']} | {_pct(q['coverage'])} | {_pct(q['accuracy'])} | {_pct(q['miou'])} |")
+    tables["per_class_iou"] = ("Per-class IoU:", ["class"] + [r["model"] for r in rows],
+                               [[c] + [_pct(r["iou_per_class"].get(c)) for r in rows] for c in classes])
+    tables["label_quality"] = (
+        "Target train labels (accuracy and mIoU over labelled pixels, against ground truth):",
+        ["labels", "coverage", "accuracy", "mIoU"],
+        [[q["labels"], _pct(q["coverage"]), _pct(q["accuracy"]), _pct(q["miou"])] for q in summary["label_sets"]])
+    return tables
+
+
+def summary_markdown(summary: dict) -> str:
+    """Three tables: models (mIoU), per-class IoU (classes x models), label sets (when any)."""
+    lines = [f"# bismap results: {summary['experiment']}"]
+    for name, (title, header, cells) in summary_tables(summary).items():
+        if name == "label_quality" and not cells:
+            continue
+        lines += ["", title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def table_html(experiment: str, title: str, header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """One table as a self-contained HTML page (Snakemake's report shows it inline)."""
+    def row(tag: str, values: Sequence[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values) + "</tr>"
+
+    body = "\n".join(row("td", r) for r in cells) or f'<tr><td colspan="{len(header)}">none</td></tr>'
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(experiment) + "</title>"
+            "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;"
+            "padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}</style></head><body>"
+            f"<p>{html.escape(title.replace('`', ''))}</p>\n<table>\n{row('th', header)}\n{body}\n</table>"
+            "</body></html>\n")
 
 
 # ------------------------------------------------------------------------------------- figures
@@ -255,8 +274,10 @@ def run(*, metrics: Sequence[str], models: Sequence[str], quality: Sequence[str]
         label_dirs: Sequence[str], label_dir_names: Sequence[str], final_checkpoint: str | None,
         stm_maps: str | None, target: dict, target_gt: dict | None, source: dict, out_md: str | os.PathLike,
         out_json: str | os.PathLike, out_miou_png: str | os.PathLike, out_samples_png: str | os.PathLike,
-        experiment: str, protocol: str, cfg: dict, data: dict, threads: int = 1) -> None:
-    """Write summary.md/.json, the mIoU bar plot and the example mosaic; print the table."""
+        experiment: str, protocol: str, cfg: dict, data: dict, out_tables: dict[str, str] | None = None,
+        threads: int = 1) -> None:
+    """Write summary.md/.json, the tables as HTML for the report (`out_tables`: table name -> path, names as
+    in summary_tables), the mIoU bar plot and the example mosaic; print the table."""
     summary = build_summary(experiment=experiment, models=models, metrics=[read_json(p) for p in metrics],
                             quality_labels=quality_labels, quality=[read_json(p) for p in quality], protocol=protocol)
     text = summary_markdown(summary)
@@ -264,6 +285,12 @@ def run(*, metrics: Sequence[str], models: Sequence[str], quality: Sequence[str]
     with atomic_path(out_md) as tmp:
         tmp.write_text(text)
     print(text, flush=True)
+    tables = summary_tables(summary)
+    for name, path in (out_tables or {}).items():
+        if name not in tables:
+            raise InputError(f"report: no table named {name!r} (have {', '.join(tables)})")
+        with atomic_path(path) as tmp:
+            tmp.write_text(table_html(experiment, *tables[name]))
     key = summary["models"][0]["headline"] if summary["models"] else "miou"
     bar_plot([r["model"] for r in summary["models"]], [r["miou_headline"] for r in summary["models"]],
              f"{experiment}: target val {key}", out_miou_png)

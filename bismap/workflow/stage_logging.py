@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import sys
 import time
@@ -55,6 +56,37 @@ class _Tee:
         return False
 
 
+class ConsoleProgress:
+    """File-like sink that repeats a stage's progress lines (`[done/total] ... ETA ...`, the trainer's format)
+    on the console, at most one per `every_s` seconds plus the last one: the log keeps all of them, the
+    console of `snakemake --cores N` shows how far each running job is without tailing logs."""
+
+    PATTERN = re.compile(r"^\[(\d+)/(\d+)\] .*\bETA\b")
+
+    def __init__(self, rule: str, every_s: float, clock=time.monotonic) -> None:
+        self.rule, self.every_s, self.clock = rule, float(every_s), clock
+        self.pending, self.last = "", None
+
+    def write(self, text: str) -> int:
+        if self.every_s <= 0:
+            return len(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            match = self.PATTERN.match(line)
+            if not match:
+                continue
+            now = self.clock()
+            final = match.group(1) == match.group(2)
+            if final or self.last is None or now - self.last >= self.every_s:
+                self.last = now
+                _console(f"bismap {self.rule}: {line}")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def history_path(log_path: str | os.PathLike) -> Path:
     """`<log>.attempts`: every attempt's output, appended. Snakemake deletes the rule log itself before
     each run of the job, so this file is what keeps what happened before a kill."""
@@ -62,7 +94,7 @@ def history_path(log_path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def _redirect(log_path: str | os.PathLike | None, rule: str) -> Iterator[Any]:
+def _redirect(log_path: str | os.PathLike | None, rule: str, console_every_s: float = 0) -> Iterator[Any]:
     if not log_path:
         yield None
         return
@@ -74,7 +106,7 @@ def _redirect(log_path: str | os.PathLike | None, rule: str) -> Iterator[Any]:
               f"host {socket.gethostname()}, pid {os.getpid()} =====\n")
     with open(log_path, "w", buffering=1) as fh, open(history, "a", buffering=1) as hist:
         fh.write(earlier)
-        tee = _Tee(fh, hist)
+        tee = _Tee(fh, hist, ConsoleProgress(rule, console_every_s))
         tee.write(header)
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = tee
@@ -95,7 +127,7 @@ def stage_logging(smk: Any) -> Iterator[None]:
 
     `smk` is the `snakemake` object of a script. Before the stage runs, temporaries a killed earlier
     attempt left next to the rule's outputs are deleted (our naming pattern only). Warnings are
-    repeated on the console at the end. An OS error (disk full, permission denied, read-only file
+    repeated on the console at the end, and training progress lines every `runtime.console_every_s`. An OS error (disk full, permission denied, read-only file
     system, I/O error) becomes one line naming the path, the errno text and what to do. Any other
     exception keeps its traceback in the log (and Snakemake shows the log with --show-failed-logs)
     and also exits non-zero.
@@ -105,7 +137,8 @@ def stage_logging(smk: Any) -> Iterator[None]:
     set_thread_env(getattr(smk, "threads", 1))
     start = time.time()
     seen: list[str] = []
-    with _redirect(log_path, rule), warnings.catch_warnings():
+    runtime = (getattr(smk, "config", None) or {}).get("runtime") or {}
+    with _redirect(log_path, rule, runtime.get("console_every_s", 0)), warnings.catch_warnings():
         warnings.simplefilter("default")
         shown = warnings.showwarning
 
