@@ -113,6 +113,14 @@ def test_aligned_teacher_labels_follow_the_source_prior(tmp_path) -> None:
                        out_quality=quality, cfg=aligned, data=DATA, runtime=runtime, prior=prior)
     q = json.loads(quality.read_text())
     assert q["coverage_per_class"]["road"] == 1.0 and len(q["prior_offset"]) == 19
+    assert q["prior_alignment"]["aimed_prior"]["road"] == pytest.approx(0.9)
+    assert "total_variation_to_truth" not in q["prior_alignment"]  # no target-train labels
+    estimated = {**aligned, "prior_alignment": {**settings, "target": "estimated"}}
+    teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
+                       out_quality=quality, cfg=estimated, data=DATA, runtime=runtime, prior=prior)
+    report = json.loads(quality.read_text())["prior_alignment"]
+    assert report["target"] == "estimated" and report["em_iterations"] >= 1
+    assert report["aimed_prior"]["pole"] > 0.1  # the network says pole everywhere: the EM moves towards it
     with pytest.raises(InputError, match="no source class prior"):
         teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
                            out_quality=quality, cfg=aligned, data=DATA, runtime=runtime)
@@ -188,3 +196,31 @@ def test_em_with_flat_posteriors_stays_within_the_ratio_bound():
     assert free.max() > 0.5                                # the runaway the bound exists for
     bounded, _ = em_target_prior(sample, source, max_iterations=2000, tolerance=1e-9, floor=1e-4, max_ratio=2.0)
     assert bounded.max() <= 0.4 * 1.05 and bounded.min() >= 0.1 * 0.95
+
+
+def test_prior_report_measures_each_prior_against_the_true_frequencies() -> None:
+    from bismap.data.labels import CLASS_NAMES
+    from bismap.engine.prior_alignment import prior_report
+
+    truth = _prior(0.6, 0.4)
+    source = _prior(0.9, 0.1)
+    record = {"target": "estimated", "em_iterations": 7, "sampled_pixels": 100, "aimed_prior": truth.tolist(),
+              "source_prior": source.tolist(), "mean_prediction_before": _prior(0.5, 0.5).tolist(),
+              "mean_prediction_after": truth.tolist()}
+    report = prior_report(record, dict(zip(CLASS_NAMES, truth.tolist())))
+    tv = report["total_variation_to_truth"]
+    assert tv["aimed_prior"] == pytest.approx(0.0) and tv["mean_prediction_after"] == pytest.approx(0.0)
+    assert tv["source_prior"] == pytest.approx(0.5 * np.abs(source - truth).sum())
+    assert tv["source_prior"] > 0.2 and tv["mean_prediction_before"] > 0.05
+    assert report["aimed_prior"]["road"] == pytest.approx(truth[0]) and report["em_iterations"] == 7
+    assert "total_variation_to_truth" not in prior_report(record, None)
+
+
+def test_label_quality_counts_the_true_class_frequencies() -> None:
+    from bismap.evaluation.quality import label_quality
+
+    pred = np.full((2, 4), 255, np.uint8)
+    gt = np.array([[0, 0, 0, 1], [1, 255, 255, 255]], np.uint8)
+    q = label_quality([(pred, gt)])
+    assert q["gt_class_frequency"]["road"] == pytest.approx(0.6) and q["gt_class_frequency"]["sidewalk"] == 0.4
+    assert label_quality([(pred, None)])["gt_class_frequency"] is None

@@ -321,6 +321,15 @@ def test_label_stages_write_the_same_labels_with_and_without_the_replay(tiny, co
                                   for name in names})
     assert written[0] == written[64] and len(written[0]) == 4 * 4 + 4
     assert "prior_offset" in written[0]["aligned"] and written[0]["aligned"] != written[0]["balanced"]
+    # the aligned stages report what they aimed at and, with target-train labels, how far it was from the truth
+    for name in ("aligned", "pseudo"):
+        report = written[0][name]["prior_alignment"]
+        assert report["target"] == "source" and report["em_iterations"] is None
+        assert report["true_target_frequency"] == written[0][name]["gt_class_frequency"]
+        assert set(report["total_variation_to_truth"]) == {"aimed_prior", "source_prior", "mean_prediction_before",
+                                                           "mean_prediction_after"}
+        assert report["aimed_prior"] == report["source_prior"]
+    assert "prior_alignment" not in written[0]["balanced"] and "prior_alignment" not in written[0]["naive"]
 
 
 def test_pseudo_labels_end_to_end(tiny, colour_model) -> None:

@@ -175,9 +175,11 @@ def pooled_thresholds(pairs, n: int, *, mode: str, threshold: float | None, perc
 
 def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: str, threshold: float,
                  percentile: float, sample_pixels: int | None, seed: int, stage: str, cache_mb: float = 0,
-                 min_coverage: float = 0.0) -> None:
+                 min_coverage: float = 0.0, alignment: dict | None = None) -> None:
     """Shared driver: optional first pass for per-class percentiles, then label, save, and score
-    (`cache_mb`: the first pass's results are replayed by the second while they fit, see `replayable`)."""
+    (`cache_mb`: the first pass's results are replayed by the second while they fit, see `replayable`;
+    `alignment`: offset_for's record, reported in the json with its distance to the true prior)."""
+    from bismap.engine.prior_alignment import prior_report
     from bismap.evaluation.quality import label_quality
 
     n = len(ds)
@@ -200,6 +202,8 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
         check_coverage(quality, min_coverage, out_dir, stage)  # inside: a refused set leaves nothing behind
     if class_thr is not None and isinstance(quality, dict):
         quality = {**quality, "class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}}
+    if alignment:
+        quality = {**quality, "prior_alignment": prior_report(alignment, quality.get("gt_class_frequency"))}
     write_json(out_quality, {**quality, **thread_record()})
 
 

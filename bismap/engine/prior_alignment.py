@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from bismap.data.labels import NUM_CLASSES
+from bismap.data.labels import CLASS_NAMES, NUM_CLASSES
 from bismap.io import InputError, read_json
 
 PRIOR_FORMAT = "bismap-class-prior/1"
@@ -113,15 +113,17 @@ def em_target_prior(sample: torch.Tensor, source_prior: np.ndarray, *, max_itera
 
 
 def offset_for(cfg: dict | None, prior_path, logit_maps: Callable[[], Iterable[torch.Tensor]], n_images: int,
-               classes: list[int] | None = None, stage: str = "") -> torch.Tensor | None:
+               classes: list[int] | None = None, stage: str = "", record: dict | None = None) -> torch.Tensor | None:
     """The offset for a stage's `prior_alignment` settings (None: the stage does not align; the rule
-    passes them only when its `align_prior` is on), with a one-line report."""
+    passes them only when its `align_prior` is on), with a one-line report. `record` (a dict) receives
+    what was aimed at and measured, for the stage's json (see `prior_report`)."""
     if cfg is None:
         return None
     if prior_path is None:
         raise InputError(f"{stage}: prior_alignment is enabled but no source class prior file was given")
-    prior = read_prior(prior_path)
+    prior = source_prior = read_prior(prior_path)
     sample = sample_logits(logit_maps(), n_images, int(cfg["sample_pixels"]), int(cfg["seed"]))
+    steps = None
     if cfg["target"] == "estimated":
         source = prior
         prior, steps = em_target_prior(sample, source, max_iterations=int(cfg["em_max_iterations"]),
@@ -140,4 +142,32 @@ def offset_for(cfg: dict | None, prior_path, logit_maps: Callable[[], Iterable[t
                       for c in torch.argsort((before - after).abs(), descending=True)[:4].tolist())
     print(f"{stage}: prior alignment on {sample.shape[0]} sampled pixels; largest moves, class: mean prediction % "
           f"{moved}", flush=True)
+    if record is not None:
+        record.update({"target": str(cfg["target"]), "aimed_prior": [float(v) for v in prior],
+                       "source_prior": [float(v) for v in source_prior], "em_iterations": steps,
+                       "sampled_pixels": int(sample.shape[0]),
+                       "mean_prediction_before": before.tolist(), "mean_prediction_after": after.tolist()})
     return offset
+
+
+def prior_report(record: dict, truth: dict | None) -> dict:
+    """The alignment record for a label stage's json, with how far each prior is from the truth.
+
+    `truth`: class name -> share of the target-train ground-truth pixels (the quality json's
+    `gt_class_frequency`; None without ground truth). Distances are total variation (half the L1
+    distance, 0 = equal, 1 = disjoint) over the 19 classes: of the prior aimed at (the EM's estimate
+    under `target: estimated`), of the source prior, and of the network's mean prediction before
+    alignment, so a user sees whether the estimate is nearer the target than the source prior was.
+    """
+    out = {"target": record["target"], "em_iterations": record["em_iterations"],
+           "sampled_pixels": record["sampled_pixels"]}
+    named = {key: dict(zip(CLASS_NAMES, record[key]))
+             for key in ("aimed_prior", "source_prior", "mean_prediction_before", "mean_prediction_after")}
+    out.update(named)
+    if truth:
+        true = np.array([float(truth.get(name, 0.0)) for name in CLASS_NAMES])
+        out["true_target_frequency"] = dict(zip(CLASS_NAMES, true.tolist()))
+        out["total_variation_to_truth"] = {
+            key: 0.5 * float(np.abs(np.asarray(record[key], dtype=np.float64) - true).sum())
+            for key in ("aimed_prior", "source_prior", "mean_prediction_before", "mean_prediction_after")}
+    return out

@@ -175,10 +175,11 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence", "balanced"))
     rule = str(cfg["rule"])
     kept: dict = {}   # the alignment's forward pass, reused by the first labelling pass while it fits
+    alignment: dict = {}
     offset = offset_for(cfg.get("prior_alignment"), prior,
                         lambda: network_logits(model, ds, mean, std, device, bool(cfg["flip"]), kept,
                                                float(runtime["label_cache_mb"])),
-                        len(ds), classes=cfg["classes"], stage="pseudo_labels")
+                        len(ds), classes=cfg["classes"], stage="pseudo_labels", record=alignment)
     predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
                             chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
                             rule=rule, score="confidence" if mode in ("confidence", "balanced") else "loglik",
@@ -188,4 +189,4 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     label_target(ds=ds, gt_ds=gt_ds, predict=reusing(predict, kept), out_dir=out_dir, out_quality=out_quality, mode=mode,
                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
                  stage="pseudo_labels", cache_mb=float(runtime["label_cache_mb"]),
-                 min_coverage=float(runtime["min_label_coverage"]))
+                 min_coverage=float(runtime["min_label_coverage"]), alignment=alignment)

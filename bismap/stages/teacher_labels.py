@@ -21,7 +21,7 @@ import numpy as np
 
 from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import item_logits, label_maps
-from bismap.engine.prior_alignment import offset_for
+from bismap.engine.prior_alignment import offset_for, prior_report
 from bismap.engine.labelling import (apply_selection, check_coverage, check_scores, pooled_thresholds, replayable,
                                      thread_record)
 from bismap.engine.stage_setup import setup_device
@@ -55,7 +55,8 @@ def ground_truth(gt, gt_index: dict, target_gt: dict, name: str, file: str, shap
 
 
 def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device, prior):
-    """(a callable giving one pass of (name, file, prediction, label, confidence), the prior offset or None).
+    """(a callable giving one pass of (name, file, prediction, label, confidence), the prior offset or None,
+    the alignment's record: see offset_for).
 
     Up to three passes read the target (the alignment's logits, the balanced thresholds, the labels):
     each later one replays the one before while it fits in runtime.label_cache_mb.
@@ -68,8 +69,9 @@ def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device,
 
     if cfg.get("prior_alignment"):
         forward_pass = replayable(forward_pass, cache_mb)
+    alignment: dict = {}
     offset = offset_for(cfg.get("prior_alignment"), prior, lambda: (lg[0] for _, lg in forward_pass()),
-                        len(dataset), stage=SECTION)
+                        len(dataset), stage=SECTION, record=alignment)
 
     def predictions():
         return label_maps(forward_pass(), has_labels=bool(getattr(dataset, "has_labels", True)),
@@ -77,7 +79,7 @@ def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device,
 
     if str(cfg["selection"]) == "balanced":
         predictions = replayable(predictions, cache_mb)
-    return predictions, offset
+    return predictions, offset, alignment
 
 
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
@@ -110,7 +112,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     n = len(dataset)
     every = max(n // 10, 1)
 
-    predictions, offset = teacher_passes(model, dataset, cfg, data, runtime, device, prior)
+    predictions, offset, alignment = teacher_passes(model, dataset, cfg, data, runtime, device, prior)
     class_thr = pooled_thresholds(((p, c) for _, _, p, _, c in predictions()), n, mode=selection, threshold=threshold,
                                   percentile=float(cfg["percentile"]), sample_pixels=cfg["sample_pixels"],
                                   seed=int(cfg["seed"]), stage="teacher labels") if selection == "balanced" else None
@@ -133,5 +135,7 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
                     "threshold": threshold,
                     **({"class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}} if class_thr else {}),
                     "adabn": bool(cfg["adabn"]["enabled"]),
-                    **({"prior_offset": offset.tolist()} if offset is not None else {}), **thread_record()})
+                    **({"prior_offset": offset.tolist()} if offset is not None else {}),
+                    **({"prior_alignment": prior_report(alignment, quality.get("gt_class_frequency"))}
+                       if alignment else {}), **thread_record()})
     write_json(out_quality, quality)
