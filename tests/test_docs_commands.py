@@ -215,3 +215,12 @@ def test_relative_links_resolve(path):
         if not file.exists():
             broken.append(target)
     assert not broken, f"{path.relative_to(REPO)}: links to missing files: {broken}"
+
+
+def test_readme_is_one_screenful_without_hashes_or_dates():
+    """The README is what a user needs first; dated, per-commit and per-CPU results live in docs/."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 130
+    assert not re.findall(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b", readme), "commit hash"
+    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", readme), "date"
+    assert not re.findall(r"\b(?:EPYC|Xeon|Zen \d)\b", readme), "CPU model"
