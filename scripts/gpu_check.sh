@@ -2,7 +2,8 @@
 # A few minutes on one GPU: training throughput of the paper setting (DeepLabV3+ R101 OS16,
 # 4 source + 4 target crops of 512x896, the full self-training step: 3 student forwards with
 # backward, 1 EMA-teacher forward) with AMP + channels_last, its peak memory, and whether it
-# fits the original's 11 GB card (GTX 1080 Ti / RTX 2080 Ti: 11 GiB, less ~0.6 GiB for the CUDA context);
+# fits the original's 11 GB card (GTX 1080 Ti / RTX 2080 Ti: 11 GiB, less ~0.6 GiB for the CUDA context),
+# and with runtime.activation_checkpointing an 8 GB card;
 # then the tiny workflow end to end with every stage on the GPU (results/gpu_check_tiny/).
 #   bash scripts/gpu_check.sh                       # ITERS=20 WARMUP=5 by default
 #   PARTS=tiny DEVICE=cpu bash scripts/gpu_check.sh # only the tiny workflow, here on the CPU
@@ -13,6 +14,7 @@ PY=${PYTHON:-python}
 ITERS=${ITERS:-20}
 WARMUP=${WARMUP:-5}
 BUDGET_MIB=${BUDGET_MIB:-10650}   # 11264 MiB card minus ~600 MiB CUDA context
+BUDGET8_MIB=${BUDGET8_MIB:-7590}  # 8192 MiB card minus ~600 MiB CUDA context (with activation checkpointing)
 OUT=${OUT:-gpu_check}
 PARTS=${PARTS:-paper tiny}
 DEVICE=${DEVICE:-cuda}
@@ -23,17 +25,22 @@ if [[ $DEVICE == cuda* ]]; then
 fi
 status=0
 if [[ " $PARTS " == *" paper "* ]]; then
-for amp in auto fp16; do
+# amp:checkpointing:budget. The third run is runtime.activation_checkpointing against an 8 GB card.
+for run in "auto:off:$BUDGET_MIB" "fp16:off:$BUDGET_MIB" "auto:on:$BUDGET8_MIB"; do
+  IFS=: read -r amp ckpt budget <<< "$run"
+  flag=""; [ "$ckpt" = on ] && flag="--checkpointing"
+  name="paper_${amp}_ckpt_$ckpt"
   $PY -m bismap.engine.throughput --setting paper --device cuda --amp "$amp" --iters "$ITERS" --warmup "$WARMUP" \
-      --json "$OUT/paper_$amp.json" | grep '^RESULT' || { echo "FAIL: benchmark with amp=$amp crashed"; status=1; continue; }
-  $PY - "$OUT/paper_$amp.json" "$BUDGET_MIB" <<'PYEOF' || status=1
+      $flag --json "$OUT/$name.json" | grep '^RESULT' || { echo "FAIL: benchmark $name crashed"; status=1; continue; }
+  $PY - "$OUT/$name.json" "$budget" <<'PYEOF' || status=1
 import json, sys
 r = json.load(open(sys.argv[1]))[0]
 budget = float(sys.argv[2])
 ok = r["peak_reserved_mb"] <= budget
-print(f"{'PASS' if ok else 'FAIL'}: paper setting amp={r['amp']} channels_last={r['channels_last']} on {r['gpu']}: "
+print(f"{'PASS' if ok else 'FAIL'}: paper setting amp={r['amp']} channels_last={r['channels_last']} "
+      f"checkpointing={r['activation_checkpointing']} on {r['gpu']}: "
       f"{r['it_per_s']:.2f} it/s ({r['s_per_it']:.3f} s/it, 90k iterations = {90000 * r['s_per_it'] / 3600:.1f} h), "
-      f"peak allocated {r['peak_memory_mb']} MiB, peak reserved {r['peak_reserved_mb']} MiB, 11 GB budget {budget:.0f} MiB")
+      f"peak allocated {r['peak_memory_mb']} MiB, peak reserved {r['peak_reserved_mb']} MiB, budget {budget:.0f} MiB")
 sys.exit(0 if ok else 1)
 PYEOF
 done

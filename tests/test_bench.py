@@ -15,7 +15,7 @@ def test_bench_all_tiny_writes_every_section(tmp_path) -> None:
     assert main(["all", "--tiny", "--no-bf16", "--out", str(out)]) == 0
     text = out.read_text()
     for title in ("GMM fit against scikit-learn", "GMM scoring against the network forward", "Training step",
-                  "Data loading", "Workflow", "Preflight"):
+                  "Data loading", "Workflow", "Preflight", "Training memory at the paper settings"):
         assert f"## {title}" in text
     assert "Measured by `python -m bismap.bench all --tiny" in text and "Machine:" in text
     rows = [line for line in text.splitlines() if line.startswith("| 2000 |")]
@@ -26,6 +26,7 @@ def test_bench_all_tiny_writes_every_section(tmp_path) -> None:
     assert len(overheads) == 2 and all(math.isfinite(float(v)) for v in overheads)
     assert re.search(r"^\| 32x64 \| 4 \| 1 \| [^|]+\| [^|]+\| 0 \|$", text, re.M), text  # preflight row
     assert "| 32x64 | 16 |" in text and text.count("| 0 |") >= 1  # scoring row, no label outside tolerance
+    assert re.search(r"^\| self_training \| resnet101 \| 3 \|", text, re.M), text  # memory row
 
 
 def test_critical_path_and_stage_times(tmp_path) -> None:
@@ -57,3 +58,27 @@ def test_job_graph_names_jobs_by_their_benchmark_files(tmp_path) -> None:
                      "evaluate_distillation_r1": 0.5}
     assert critical_path(times, edges) == (10.5, ["self_training", "teacher_labels_r1", "distillation_r1",
                                                    "evaluate_distillation_r1"])
+
+
+def test_memory_counts_what_training_keeps() -> None:
+    """Saved activations from the autograd graph: checkpointing keeps a fraction, bf16 half of fp32, and
+    the self-training row counts its three training forwards and the EMA copy."""
+    import torch
+
+    from bismap.bench import memory
+    from conftest import TINY_MODEL
+
+    full = memory.saved_bytes(TINY_MODEL, 2, (64, 64), torch.float32, False)
+    ckpt = memory.saved_bytes(TINY_MODEL, 2, (64, 64), torch.float32, True)
+    half = memory.saved_bytes(TINY_MODEL, 2, (64, 64), torch.bfloat16, False)
+    assert 0 < ckpt < 0.7 * full and 0.4 * full < half < 0.75 * full
+    # one 2x3x64x64 fp32 input and its upsampled 19-class logits alone are more than this
+    assert full > 2 * 19 * 64 * 64 * 4
+    cfg = {"model": TINY_MODEL, "train": {"batch_size": 2}, "augment": {"crop": [32, 32]},
+           "self_training": {"consistency": {"weight": 1.0}},
+           "distillation": {"student_backbone": None, "kd": {"weight": 0.0}}}
+    rows = {r["stage"]: r for r in memory.measure(cfg)}
+    params = memory.parameter_bytes(TINY_MODEL) / memory.GIB
+    assert rows["self_training"]["forwards"] == 3 and rows["self_training"]["state_gib"] == pytest.approx(4 * params)
+    assert rows["distillation"]["state_gib"] == pytest.approx(3 * params)  # no kd: no teacher in memory
+    assert rows["self_training"]["fp32_gib"] > rows["warmup"]["fp32_gib"] > rows["warmup"]["fp32_ckpt_gib"]

@@ -261,7 +261,8 @@ EXACT_RERUNS = [
      {"stm_prototypes": 1, "stm_maps": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
       "report": 1, "all": 1}),
     # Speed-only knobs live in `runtime`, which is no param: nothing reruns.
-    ("runtime: {log_every: 5, checkpoint_every: 7, workers: 1, synthetic_workers: 2, device: cpu}\n", {}),
+    ("runtime: {log_every: 5, checkpoint_every: 7, workers: 1, synthetic_workers: 2, device: cpu,\n"
+     "          activation_checkpointing: true, console_every_s: 5}\n", {}),
     # One more distillation round: that round's labels, training and evaluation, and the report;
     # rounds 1 and 2 do not depend on how many rounds follow them.
     ("distillation: {rounds: 3}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1, "all": 1}),

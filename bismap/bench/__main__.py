@@ -6,7 +6,8 @@
 
 Parts: gmm (fit vs scikit-learn), scoring (pseudo-label GMM scoring vs the network forward),
 training (FLOP/s and overhead of the step), loading (readers + augmentation vs the step),
-workflow (snakemake -n, critical path of a finished run), preflight (reading every file before training). Not tests: nothing here asserts a time.
+workflow (snakemake -n, critical path of a finished run), preflight (reading every file before training),
+memory (each training stage's memory at the paper configs, from the autograd graph on the meta device). Not tests: nothing here asserts a time.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ import torch
 
 from bismap.bench.common import REPO
 
-PARTS = ("gmm", "scoring", "training", "loading", "workflow", "preflight")
+PARTS = ("gmm", "scoring", "training", "loading", "workflow", "preflight", "memory")
 TITLES = {"gmm": "GMM fit against scikit-learn", "scoring": "GMM scoring against the network forward",
           "training": "Training step", "loading": "Data loading", "workflow": "Workflow",
-          "preflight": "Preflight"}
+          "preflight": "Preflight", "memory": "Training memory at the paper settings"}
 
 
 def machine() -> str:
@@ -81,8 +82,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_part(part: str, a: argparse.Namespace, results: dict) -> dict:
-    from bismap.bench import gmm, loading, preflight, scoring, training, workflow
+    from bismap.bench import gmm, loading, memory, preflight, scoring, training, workflow
 
+    if part == "memory":
+        return memory.run(["configs/gta5.yaml"] if a.tiny else ["configs/gta5.yaml", "configs/synthia.yaml"])
     if part == "preflight":
         return preflight.run(a.preflight_images, [tuple(int(v) for v in s.lower().split("x")) for s in a.preflight_sizes],
                              threads=a.preflight_threads)
@@ -124,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     for part in parts:
         results[part] = run_part(part, a, results)
-    from bismap.bench import gmm, loading, preflight, scoring, training, workflow
+    from bismap.bench import gmm, loading, memory, preflight, scoring, training, workflow
 
     mods = {"gmm": gmm, "scoring": scoring, "training": training, "loading": loading, "workflow": workflow,
-            "preflight": preflight}
+            "preflight": preflight, "memory": memory}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc = [f"# Performance\n\nMeasured by `{cmd}` on {now}.\n\nMachine: {machine()}. Every figure is a ratio "
            "against a reference measured in the same run on the same machine; the machine was shared with other "

@@ -115,7 +115,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threads: int | None,
         channels_last: bool, batch: int | None = None, crop: tuple[int, int] | None = None,
-        step: str = "self_training") -> dict:
+        step: str = "self_training", checkpointing: bool = False) -> dict:
     from bismap.models import build_model
 
     spec = dict(SETTINGS[setting])
@@ -143,14 +143,14 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
         trainer.fit(model=model, loss_fn=LOSSES[step](times, device), streams=streams, train_cfg=cfg,
                     out_checkpoint=Path(tmp) / "bench.pt", fingerprint="benchmark", log_every=total,
                     checkpoint_every=0, ema_decay=0.999, device=device,
-                    model_config=spec["model"], tensorboard_dir=None)
+                    model_config=spec["model"], tensorboard_dir=None, activation_checkpointing=checkpointing)
     rate = iters / (times[warmup + iters] - times[warmup])
     steps = sorted(b - a for a, b in zip(times[warmup:warmup + iters], times[warmup + 1:warmup + iters + 1]))
     median = steps[len(steps) // 2] if len(steps) % 2 else (steps[len(steps) // 2 - 1] + steps[len(steps) // 2]) / 2
     return {"setting": setting, "step": step, "device": str(device), "gpu": torch.cuda.get_device_name(device)
             if device.type == "cuda" else None, "threads": n_threads,
             "amp": dev.resolve_amp(amp, device).name, "channels_last": channels_last and device.type == "cuda",
-            "crop": list(spec["crop"]), "batch": f"{bs}+{bs}", "iters": iters, "warmup": warmup,
+            "activation_checkpointing": checkpointing, "crop": list(spec["crop"]), "batch": f"{bs}+{bs}", "iters": iters, "warmup": warmup,
             "it_per_s": round(rate, 4), "s_per_it": round(1 / rate, 3),
             "s_per_it_median": median, "peak_memory_mb": round(peak_memory_mb(device)),
             "peak_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None}
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="unmeasured iterations first")
     p.add_argument("--amp", default="auto", help="auto | off | bf16 | fp16 (CUDA only)")
     p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the backbone")
     p.add_argument("--batch", type=int, default=None, help="override the per-domain batch size (CPU memory)")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="override the crop size")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: CPU affinity)")
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in devices:
         for s in settings:
             with _profiled(a.profile):
-                r = run(s, d, a.iters, a.warmup, a.amp, a.threads, not a.no_channels_last, a.batch, a.crop)
+                r = run(s, d, a.iters, a.warmup, a.amp, a.threads, not a.no_channels_last, a.batch, a.crop,
+                        checkpointing=a.checkpointing)
             results.append(r)
             print("RESULT " + json.dumps(r), flush=True)
     if a.json:

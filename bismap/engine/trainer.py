@@ -27,6 +27,7 @@ from bismap.engine.optim import from_train_cfg
 from bismap.engine.side_thread import Branches, SideThread
 from bismap.engine.step_context import StepContext
 from bismap.engine.stream import InfiniteStream, mix_seed
+from bismap.models.checkpointing import set_activation_checkpointing
 
 # Every key of the `train` config slice the trainer reads (configs/schema.yaml holds their defaults).
 TRAIN_KEYS = ("iterations", "lr", "head_lr_mult", "momentum", "weight_decay", "warmup_iters", "poly_power",
@@ -64,7 +65,8 @@ def runtime_options(runtime: Mapping[str, Any]) -> dict:
     """fit's keyword arguments that come from the config's `runtime` section (they change no result)."""
     return {"log_every": int(runtime["log_every"]), "checkpoint_every": int(runtime["checkpoint_every"]),
             "max_loss_growth": float(runtime["max_loss_growth"]),
-            "max_weight_growth": float(runtime["max_weight_growth"])}
+            "max_weight_growth": float(runtime["max_weight_growth"]),
+            "activation_checkpointing": bool(runtime.get("activation_checkpointing", False))}
 
 
 def _format_eta(seconds: float) -> str:
@@ -154,7 +156,8 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
         fingerprint: str, log_every: int, checkpoint_every: int, ema_decay: float | None = None,
         device: torch.device | str = "cpu", extra_state: Mapping[str, Any] | None = None,
         model_config: dict | None = None, tensorboard_dir: str | os.PathLike | None = "auto",
-        side_thread: bool = False, max_loss_growth: float = 0.0, max_weight_growth: float = 0.0) -> Path:
+        side_thread: bool = False, max_loss_growth: float = 0.0, max_weight_growth: float = 0.0,
+        activation_checkpointing: bool = False) -> Path:
     """Train `model` for train_cfg["iterations"] steps and write the final checkpoint; returns its path.
 
     Resumes from `<out_checkpoint>.resume.pt` when its fingerprint equals `fingerprint`.
@@ -168,13 +171,17 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
     on a CPU, in one process, without a gradient scaler): the same numbers, faster with a free core.
     max_loss_growth / max_weight_growth: the divergence guard's limits (engine.divergence; 0 = off): the
     run stops with a one-line error at the first progress line or checkpoint where it has diverged.
+    activation_checkpointing: recompute the backbone blocks' activations in the backward
+    (models.checkpointing): less memory, the same numbers; not with the side thread.
     """
     run = _setup(model, streams, train_cfg, out_checkpoint, fingerprint, ema_decay, device, extra_state,
                  model_config, log_every, checkpoint_every)
     run.side = SideThread(side_thread and run.device.type == "cpu" and run.info.world_size == 1
-                          and not run.amp.use_scaler)
+                          and not run.amp.use_scaler and not activation_checkpointing)
     run.trainable = [p for p in run.model.parameters() if p.requires_grad]
     run.guard = DivergenceGuard(float(max_loss_growth), float(max_weight_growth))
+    if activation_checkpointing and not set_activation_checkpointing(model, True):
+        print("note: runtime.activation_checkpointing: this backbone does not support it", flush=True)
     try:
         _train(run, loss_fn, tensorboard_dir)
     finally:

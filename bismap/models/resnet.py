@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from bismap.io import InputError
+from bismap.models.checkpointing import run_blocks
 
 RESNET_DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
 
@@ -71,11 +72,13 @@ class ResNetBackbone(nn.Module):
         self.output_stride = output_stride
         self.low_channels = 256 if bottleneck else 64
         self.high_channels = 2048 if bottleneck else 512
+        self.activation_checkpointing = False  # models.checkpointing; set by the trainer
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        low = self.layer1(x)
-        high = self.layer4(self.layer3(self.layer2(low)))
+        on = self.activation_checkpointing
+        low = run_blocks(self.layer1, x, on)
+        high = run_blocks(self.layer4, run_blocks(self.layer3, run_blocks(self.layer2, low, on), on), on)
         return low, high
 
 

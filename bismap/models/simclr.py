@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bismap.io import InputError
+from bismap.models.checkpointing import run_blocks
 
 SIMCLR_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 BN_EPS = 1e-5
@@ -165,10 +166,13 @@ class SimCLRBackbone(SimCLRResNet):
         self.output_stride = output_stride
         self.low_channels = 64 * width_multiplier * 4
         self.high_channels = self.out_channels
+        self.activation_checkpointing = False  # models.checkpointing; set by the trainer
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        low = self.net[1](self.net[0](x))
-        high = self.net[4](self.net[3](self.net[2](low)))
+        on = self.activation_checkpointing
+        low = high = run_blocks(self.net[1].blocks, self.net[0](x), on)
+        for stage in self.net[2:5]:
+            high = run_blocks(stage.blocks, high, on)
         return low, high
 
 
