@@ -57,7 +57,7 @@ def _lloyd(x: torch.Tensor, c: torch.Tensor, gen: torch.Generator, max_iter: int
     """
     k, d = c.shape
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007  (the iteration count, returned after the loop)
         sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
         counts = torch.zeros(k, dtype=torch.float64, device=x.device)
         cx = c.to(x.dtype)

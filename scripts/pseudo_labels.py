@@ -1,5 +1,6 @@
 """Snakemake entry point of the pseudo_labels stage (rule in rules/prototypes.smk); plumbing only."""
 import _bootstrap  # noqa: F401  (repository root on sys.path)
+
 from bismap.workflow.stage_logging import stage_logging
 
 smk = snakemake  # noqa: F821  (injected by Snakemake)

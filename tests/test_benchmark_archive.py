@@ -248,9 +248,8 @@ def test_cli_aggregate_only_and_archive_existing(tmp_path, monkeypatch, capsys):
 
 def test_preset_runs_dry_run_with_their_config_files(tmp_path):
     """The suburb preset's files and the no_distillation overlay pass the schema and plan the expected stages."""
-    from test_workflow import dry_run, make_copy
-
     from bismap.sweep.plan import snakemake_cmd
+    from test_workflow import dry_run, make_copy
 
     spec = benchmark.load_spec(REPO / "configs" / "benchmark.yaml")
     suburb = benchmark.preset_spec(spec, "suburb")

@@ -11,9 +11,17 @@ import pytest
 from PIL import Image
 
 from bismap.data import open_dataset
-from bismap.data.labels import (CITYSCAPES_ID_TO_TRAINID, CLASS_NAMES, PALETTE, SYNTHIA_ID_TO_TRAINID,
-                                TRAINID_TO_ID, map_ids, read_label_png, save_label_png)
 from bismap.data.image_io import read_png16_channel0, read_rgb
+from bismap.data.labels import (
+    CITYSCAPES_ID_TO_TRAINID,
+    CLASS_NAMES,
+    PALETTE,
+    SYNTHIA_ID_TO_TRAINID,
+    TRAINID_TO_ID,
+    map_ids,
+    read_label_png,
+    save_label_png,
+)
 from bismap.io import InputError
 
 EXPECTED_ID_TO_TRAINID = {

@@ -180,7 +180,8 @@ def test_fault3_os_error_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, mon
             try:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             except OSError:
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 45")
+                # torch chains implicitly (the OSError is the context, not the cause): keep it so
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 45")  # noqa: B904
         raise OSError(code, os.strerror(code), str(ckpt))
 
     monkeypatch.setattr(torch, "save", failing_save)

@@ -8,8 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from bismap.io import InputError
-from bismap.losses import (consistency_kl, distillation_loss, sigmoid_rampup, symmetric_cross_entropy,
-                           weighted_cross_entropy)
+from bismap.losses import (
+    consistency_kl,
+    distillation_loss,
+    sigmoid_rampup,
+    symmetric_cross_entropy,
+    weighted_cross_entropy,
+)
 
 LN3 = math.log(3.0)
 

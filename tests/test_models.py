@@ -8,9 +8,9 @@ from torch import nn
 from bismap.io import InputError
 from bismap.models import build_model, freeze_batchnorm, load_pretrained
 from bismap.models.frozen_bn import FrozenBatchNorm2d
+from conftest import schema_defaults
 
 torch.set_num_threads(1)
-from conftest import schema_defaults
 
 SMALL = {"aspp_channels": 32, "decoder_channels": 24, "low_level_channels": 8}
 

@@ -9,9 +9,9 @@ import torchvision
 from bismap.io import InputError
 from bismap.models import build_model, load_pretrained
 from bismap.models.simclr import SimCLRBackbone, SimCLRResNet
+from conftest import schema_defaults
 
 torch.set_num_threads(1)
-from conftest import schema_defaults
 
 SMALL = {"aspp_channels": 32, "decoder_channels": 24, "low_level_channels": 8}
 
@@ -31,11 +31,15 @@ def converter_layout(layers: tuple[int, ...], sk: bool) -> dict[str, tuple[int, 
     """Key -> shape of the SimCLRv2-Pytorch converter's `resnet` dict, written from the spec document."""
     d: dict[str, tuple[int, ...]] = {}
     if sk:
-        d["net.0.0.weight"] = (32, 3, 3, 3); _bn(d, "net.0.1.0", 32)
-        d["net.0.2.weight"] = (32, 32, 3, 3); _bn(d, "net.0.3.0", 32)
-        d["net.0.4.weight"] = (64, 32, 3, 3); _bn(d, "net.0.5.0", 64)
+        d["net.0.0.weight"] = (32, 3, 3, 3)
+        _bn(d, "net.0.1.0", 32)
+        d["net.0.2.weight"] = (32, 32, 3, 3)
+        _bn(d, "net.0.3.0", 32)
+        d["net.0.4.weight"] = (64, 32, 3, 3)
+        _bn(d, "net.0.5.0", 64)
     else:
-        d["net.0.0.weight"] = (64, 3, 7, 7); _bn(d, "net.0.1.0", 64)
+        d["net.0.0.weight"] = (64, 3, 7, 7)
+        _bn(d, "net.0.1.0", 64)
     cin = 64
     for n_stage, (n, c) in enumerate(zip(layers, (64, 128, 256, 512)), start=1):
         for i in range(n):
@@ -44,15 +48,21 @@ def converter_layout(layers: tuple[int, ...], sk: bool) -> dict[str, tuple[int, 
             if i == 0:
                 d[f"{p}.projection.shortcut.2.weight" if sk else f"{p}.projection.shortcut.weight"] = (4 * c, inc, 1, 1)
                 _bn(d, f"{p}.projection.bn.0", 4 * c)
-            d[f"{p}.net.0.weight"] = (c, inc, 1, 1); _bn(d, f"{p}.net.1.0", c)
+            d[f"{p}.net.0.weight"] = (c, inc, 1, 1)
+            _bn(d, f"{p}.net.1.0", c)
             if sk:
-                d[f"{p}.net.2.main_conv.0.weight"] = (2 * c, c, 3, 3); _bn(d, f"{p}.net.2.main_conv.1.0", 2 * c)
-                d[f"{p}.net.2.mixing_conv.0.weight"] = (32, c, 1, 1); _bn(d, f"{p}.net.2.mixing_conv.1.0", 32)
+                d[f"{p}.net.2.main_conv.0.weight"] = (2 * c, c, 3, 3)
+                _bn(d, f"{p}.net.2.main_conv.1.0", 2 * c)
+                d[f"{p}.net.2.mixing_conv.0.weight"] = (32, c, 1, 1)
+                _bn(d, f"{p}.net.2.mixing_conv.1.0", 32)
                 d[f"{p}.net.2.mixing_conv.2.weight"] = (2 * c, 32, 1, 1)
-                d[f"{p}.net.3.weight"] = (4 * c, c, 1, 1); _bn(d, f"{p}.net.4.0", 4 * c)
+                d[f"{p}.net.3.weight"] = (4 * c, c, 1, 1)
+                _bn(d, f"{p}.net.4.0", 4 * c)
             else:
-                d[f"{p}.net.2.weight"] = (c, c, 3, 3); _bn(d, f"{p}.net.3.0", c)
-                d[f"{p}.net.4.weight"] = (4 * c, c, 1, 1); _bn(d, f"{p}.net.5.0", 4 * c)
+                d[f"{p}.net.2.weight"] = (c, c, 3, 3)
+                _bn(d, f"{p}.net.3.0", c)
+                d[f"{p}.net.4.weight"] = (4 * c, c, 1, 1)
+                _bn(d, f"{p}.net.5.0", 4 * c)
         cin = 4 * c
     d["fc.weight"] = (1000, 2048)
     d["fc.bias"] = (1000,)

@@ -11,8 +11,18 @@ import pytest
 import torch
 
 from conftest import RUNTIME
-from test_stages_training import (AUGMENT, DATA, MODEL, dill_cfg, make_cityscapes, make_gta, st_cfg, train_cfg,
-                                  write_labels, write_stm)
+from test_stages_training import (
+    AUGMENT,
+    DATA,
+    MODEL,
+    dill_cfg,
+    make_cityscapes,
+    make_gta,
+    st_cfg,
+    train_cfg,
+    write_labels,
+    write_stm,
+)
 
 RUNTIME_Q = {**RUNTIME, "log_every": 100, "checkpoint_every": 1000}
 ITERATIONS = 5

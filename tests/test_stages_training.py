@@ -307,7 +307,10 @@ class _Ctx:
 
 def _batches():
     g = torch.Generator().manual_seed(0)
-    img = lambda: torch.randn(2, 3, H, W, generator=g)
+
+    def img():
+        return torch.randn(2, 3, H, W, generator=g)
+
     lab = torch.randint(0, 19, (2, H, W), generator=g)
     return {"source": {"image": img(), "label": lab, "weight": torch.ones(2, H, W)},
             "target": {"image": img(), "label": lab}}
@@ -469,7 +472,7 @@ def test_teacher_labels_confidence_selection_leaves_unsure_pixels_unlabelled(tin
     out_dir, quality = tiny["tmp"] / "tl_sel", tiny["tmp"] / "tl_sel.json"
     base = {"scales": [1.0], "flip": False, "adabn": {"enabled": False, "max_images": 2, "batch_size": 2}}
     for threshold, expected in ((0.999, POLE), (0.9995, 255)):
-        def label(runtime):
+        def label(runtime, threshold=threshold):  # this iteration's threshold, bound (B023)
             teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=tgt, out_dir=out_dir,
                                out_quality=quality, cfg={**base, "selection": "confidence", "threshold": threshold},
                                data=DATA, runtime=runtime)

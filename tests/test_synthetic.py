@@ -5,8 +5,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import yaml
 import pytest
+import yaml
 
 from bismap.data import open_dataset
 from bismap.data.synthetic import DEFAULTS, generate, resolve_config

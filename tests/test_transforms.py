@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from bismap.data.training_view import TrainingView
-from bismap.data.transforms import (Geometry, apply_geometry, augment_config, color_jitter, cutout_keep_mask, normalize,
-                                    rand_augment, sample_geometry)
+from bismap.data.transforms import (
+    Geometry,
+    apply_geometry,
+    augment_config,
+    color_jitter,
+    cutout_keep_mask,
+    normalize,
+    rand_augment,
+    sample_geometry,
+)
 from bismap.io import InputError
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]

@@ -50,9 +50,9 @@ def reference_labels(feat: torch.Tensor, gmms: dict, size: tuple[int, int]) -> t
 
 def run_one(size: tuple[int, int], feature_dim: int, k: int = 8, repeats: int = 1, seed: int = 0,
             profile: bool = False) -> dict[str, Any]:
+    from bismap.engine.inference import forward, to_input
     from bismap.models import build_model
     from bismap.stages.pseudo_labels import gmm_predictor
-    from bismap.engine.inference import forward, to_input
 
     cfg = default_config()
     mcfg = {**cfg["model"], "decoder_channels": int(feature_dim)}

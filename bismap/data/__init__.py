@@ -8,9 +8,7 @@ Unknown keys are an error: a typo such as 'lables' would otherwise silently trai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bismap.io import InputError
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bismap.data.labels import CITYSCAPES_ID_TO_TRAINID, map_ids, read_label_png
 from bismap.data.image_io import image_size
+from bismap.data.labels import CITYSCAPES_ID_TO_TRAINID, map_ids, read_label_png
 from bismap.data.readers import Entry, list_pngs
 from bismap.io import InputError
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bismap.data.labels import IGNORE_INDEX, SYNTHIA_ID_TO_TRAINID, map_ids
 from bismap.data.image_io import read_png16_channel0
+from bismap.data.labels import IGNORE_INDEX, SYNTHIA_ID_TO_TRAINID, map_ids
 from bismap.data.readers import Entry, list_pngs, missing_message
 from bismap.io import InputError
 

@@ -15,8 +15,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bismap.data.transforms import (apply_geometry, augment_config, color_jitter, cutout_keep_mask, normalize,
-                                    rand_augment, sample_geometry, strong_config)
+from bismap.data.transforms import (
+    apply_geometry,
+    augment_config,
+    color_jitter,
+    cutout_keep_mask,
+    normalize,
+    rand_augment,
+    sample_geometry,
+    strong_config,
+)
 from bismap.io import InputError
 
 

@@ -98,7 +98,7 @@ def em_target_prior(sample: torch.Tensor, source_prior: np.ndarray, *, max_itera
     log_post = torch.log_softmax(sample.double(), dim=1)
     prior = src.clone()
     done = 0
-    for done in range(1, int(max_iterations) + 1):
+    for done in range(1, int(max_iterations) + 1):  # noqa: B007  (the iteration count, returned after the loop)
         weight = torch.where(present, prior.clamp_min(1e-300).log() - src.clamp_min(1e-300).log(),
                              torch.full_like(prior, -torch.inf))
         new = torch.softmax(log_post + weight, dim=1).mean(0)

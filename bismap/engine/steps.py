@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 
-
 def source_and_target_losses(cfg: dict, section: str):
     """The two supervised terms self-training and distillation share: STM-weighted source CE and
     symmetric CE on the target labels. Returns `step(ctx) -> (losses, target_logits)` so the

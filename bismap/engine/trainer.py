@@ -20,7 +20,7 @@ from torch import nn
 from bismap.engine import checkpoint as ckpt_io
 from bismap.engine import distributed as ddp
 from bismap.engine.device import resolve_amp, to_device
-from bismap.engine.divergence import DivergenceGuard, Diverged, nonfinite_tensor
+from bismap.engine.divergence import Diverged, DivergenceGuard, nonfinite_tensor
 from bismap.engine.ema import create_ema, update_ema
 from bismap.engine.fingerprint import changed_parts
 from bismap.engine.optim import from_train_cfg

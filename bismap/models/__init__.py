@@ -18,8 +18,13 @@ from bismap.io import InputError, check_keys
 from bismap.models.deeplabv3plus import DeepLabV3Plus
 from bismap.models.frozen_bn import FrozenBatchNorm2d, freeze_batchnorm
 from bismap.models.resnet import RESNET_DEPTHS, ResNetBackbone, imagenet_state_dict
-from bismap.models.simclr import (SIMCLR_LAYERS, SimCLRBackbone, SimCLRResNet, simclr_sk0_to_torchvision,
-                                  torchvision_to_simclr_sk0)
+from bismap.models.simclr import (
+    SIMCLR_LAYERS,
+    SimCLRBackbone,
+    SimCLRResNet,
+    simclr_sk0_to_torchvision,
+    torchvision_to_simclr_sk0,
+)
 
 __all__ = ["MODEL_KEYS", "DeepLabV3Plus", "FrozenBatchNorm2d", "SimCLRResNet", "build_model", "build_backbone",
            "freeze_batchnorm", "load_pretrained", "load_state"]

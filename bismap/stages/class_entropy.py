@@ -13,10 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bismap.io import InputError, write_json
-from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.data.labels import IGNORE_INDEX as IGNORE
+from bismap.data.labels import NUM_CLASSES
 from bismap.engine.inference import iter_batches, to_input
 from bismap.engine.stage_setup import load_warmup, mean_std, open_spec, setup_device
+from bismap.io import InputError, write_json
 
 # H_c of the original's source_transferability_map.py (trainId order road..bicycle)
 OFFICIAL = {

@@ -15,10 +15,19 @@ from pathlib import Path
 
 import torch
 
-from bismap.io import InputError
 from bismap.engine.fingerprint import fingerprint, path_signature, spec_signature
-from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, init_from_checkpoint, model_config, normalisation, setup_device
+from bismap.engine.stage_setup import (
+    build_seeded_model,
+    build_stream,
+    build_view,
+    derive_seed,
+    init_from_checkpoint,
+    model_config,
+    normalisation,
+    setup_device,
+)
 from bismap.engine.steps import source_and_target_losses
+from bismap.io import InputError
 
 SECTION = "distillation"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from bismap.evaluation.confusion import ConfusionMatrix
-from bismap.io import InputError
 from bismap.engine.inference import predict_label_maps
 from bismap.engine.stage_setup import setup_device
+from bismap.evaluation.confusion import ConfusionMatrix
+from bismap.io import InputError
 
 
 def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device,
@@ -24,7 +24,7 @@ def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device,
     conf = ConfusionMatrix()
     n = len(dataset)
     every = max(n // 10, 1)
-    for k, (name, file, pred, label, _) in enumerate(
+    for k, (_name, file, pred, label, _) in enumerate(
             predict_label_maps(model, dataset, scales=scales, flip=flip, mean=data["mean"], std=data["std"],
                                       device=device, workers=workers)):
         if label is None:

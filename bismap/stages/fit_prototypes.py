@@ -11,10 +11,10 @@ import os
 import numpy as np
 import torch
 
-from bismap.io import InputError, save_torch
-from bismap.prototypes import PROTOTYPES_FORMAT, DiagonalGMM, unit_rows
 from bismap.data.labels import NUM_CLASSES
 from bismap.engine.stage_setup import check_file
+from bismap.io import InputError, save_torch
+from bismap.prototypes import PROTOTYPES_FORMAT, DiagonalGMM, unit_rows
 
 
 def _open_bank(path: str | os.PathLike):

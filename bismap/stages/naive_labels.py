@@ -10,10 +10,10 @@ import os
 
 import numpy as np
 import torch
+
 from bismap.engine.inference import to_input
 from bismap.engine.labelling import DEFAULT_CONFIDENCE, Predictor, label_target, prepare_model, selection_settings
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
-
 
 
 def softmax_predictor(model, *, mean, std, device, flip: bool) -> Predictor:

@@ -24,10 +24,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.data.labels import IGNORE_INDEX as IGNORE
+from bismap.data.labels import NUM_CLASSES
 from bismap.engine.inference import forward, to_input
-from bismap.engine.prior_alignment import offset_for
 from bismap.engine.labelling import Predictor, label_target, nbytes, prepare_model, selection_settings
+from bismap.engine.prior_alignment import offset_for
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
 from bismap.io import InputError
 from bismap.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes, unit_rows

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bismap.io import InputError, atomic_path, read_json, write_json
 from bismap.engine.inference import predict_labels
+from bismap.io import InputError, atomic_path, read_json, write_json
 
 # Bar colours: baselines grey, BiSMAP stages blue, oracle green (purely cosmetic).
 _BAR_COLOURS = {"source-only": (150, 150, 150), "naive self-training": (190, 150, 110),
@@ -214,7 +214,7 @@ def target_mosaic(*, target: dict, target_gt: dict | None, label_dirs: Sequence[
         for folder in label_dirs:
             row.append(_label_rgb(_read_label_dir(folder, item["file"]), shape))
         if model is not None:
-            
+
             pred = predict_labels(model, item["image"], mean=data["mean"], std=data["std"], size=shape)
             row.append(_label_rgb(pred, shape))
         rows.append(row)

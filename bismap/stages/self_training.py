@@ -18,10 +18,18 @@ from typing import Iterator
 
 import torch
 
-from bismap.io import InputError
 from bismap.engine.fingerprint import fingerprint, path_signature, spec_signature
-from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, init_from_checkpoint, normalisation, setup_device
+from bismap.engine.stage_setup import (
+    build_seeded_model,
+    build_stream,
+    build_view,
+    derive_seed,
+    init_from_checkpoint,
+    normalisation,
+    setup_device,
+)
 from bismap.engine.steps import source_and_target_losses
+from bismap.io import InputError
 
 
 @contextlib.contextmanager

@@ -17,15 +17,16 @@ Also home of the small inference helpers the other D stages share (batching, for
 from __future__ import annotations
 
 import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bismap.data.labels import IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.data.labels import IGNORE_INDEX as IGNORE
+from bismap.data.labels import NUM_CLASSES
 from bismap.engine.inference import forward, iter_batches, to_input
 from bismap.engine.stage_setup import load_warmup, mean_std, open_spec, setup_device
 from bismap.io import InputError, atomic_path
-
 
 # ----------------------------------------------------------------------------- shared helpers
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bismap.io import InputError, atomic_path
 from bismap.engine.inference import iter_batches, to_input
 from bismap.engine.stage_setup import check_file, load_warmup, open_spec, setup_device
+from bismap.io import InputError, atomic_path
 
 
 def pool_grid(feat: torch.Tensor, grid: list[int] | None, pool: list[int] | None) -> tuple[torch.Tensor, list[int]]:

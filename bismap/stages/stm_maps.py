@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bismap.data.labels import CLASS_NAMES, IGNORE_INDEX as IGNORE, NUM_CLASSES
+from bismap.data.labels import CLASS_NAMES, NUM_CLASSES
+from bismap.data.labels import IGNORE_INDEX as IGNORE
 from bismap.engine.stage_setup import open_spec
 from bismap.io import InputError, atomic_path, read_json
 from bismap.stm_files import load_centroids, open_grid_features

@@ -19,12 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bismap.io import InputError, atomic_dir, write_json
 from bismap.engine.inference import item_logits, label_maps
+from bismap.engine.labelling import (
+    apply_selection,
+    check_coverage,
+    check_scores,
+    pooled_thresholds,
+    replayable,
+    thread_record,
+)
 from bismap.engine.prior_alignment import offset_for, prior_report
-from bismap.engine.labelling import (apply_selection, check_coverage, check_scores, pooled_thresholds, replayable,
-                                     thread_record)
 from bismap.engine.stage_setup import setup_device
+from bismap.io import InputError, atomic_dir, write_json
 
 SECTION = "teacher_labels"
 

@@ -8,9 +8,16 @@ the original ships no warm-up config, so this is the simplest faithful choice.
 from __future__ import annotations
 
 from pathlib import Path
-from bismap.engine.fingerprint import fingerprint, spec_signature
-from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, normalisation, setup_device
 
+from bismap.engine.fingerprint import fingerprint, spec_signature
+from bismap.engine.stage_setup import (
+    build_seeded_model,
+    build_stream,
+    build_view,
+    derive_seed,
+    normalisation,
+    setup_device,
+)
 
 
 def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict, runtime: dict,

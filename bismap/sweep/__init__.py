@@ -16,13 +16,29 @@ Snakemake's --detailed-summary), `run` (running and reusing runs), `archive` (th
 records), `stats` (mean ± std, t quantiles, paired intervals), `aggregate` (reduction over seeds),
 `table` (markdown, json and plots).
 """
-from bismap.sweep.aggregate import (METHOD_ORDER, aggregate, gap_recovered, method_order, over_naive,
-                                    over_reference)
-from bismap.sweep.archive import FORCE_MARKER, archive_run, cpu_key, cpu_model, cpu_type, load_run, make_record, record_path
+from bismap.sweep.aggregate import METHOD_ORDER, aggregate, gap_recovered, method_order, over_naive, over_reference
+from bismap.sweep.archive import (
+    FORCE_MARKER,
+    archive_run,
+    cpu_key,
+    cpu_model,
+    cpu_type,
+    load_run,
+    make_record,
+    record_path,
+)
 from bismap.sweep.plan import parse_summary, rerun_roots, reuse_plan
 from bismap.sweep.run import archive_existing, run_all
-from bismap.sweep.spec import (experiment_name, load_spec, overlay, preset_spec, runs, seeds_of, set_dotted,
-                               write_overlay)
+from bismap.sweep.spec import (
+    experiment_name,
+    load_spec,
+    overlay,
+    preset_spec,
+    runs,
+    seeds_of,
+    set_dotted,
+    write_overlay,
+)
 from bismap.sweep.stats import mean_std, paired, t975
 from bismap.sweep.table import plot, plot_rows, table_markdown, text_plot, write_outputs
 

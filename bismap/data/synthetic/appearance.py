@@ -7,8 +7,16 @@ from typing import Any
 import numpy as np
 
 from bismap.data.labels import CLASS_NAMES
-from bismap.data.synthetic.config import (BASE_COLOURS, BUILDING, PRESETS, SIDEWALK, SKY, SUBURB_RATE_FACTORS,
-                                          TERRAIN, VEG)
+from bismap.data.synthetic.config import (
+    BASE_COLOURS,
+    BUILDING,
+    PRESETS,
+    SIDEWALK,
+    SKY,
+    SUBURB_RATE_FACTORS,
+    TERRAIN,
+    VEG,
+)
 
 
 # ----------------------------------------------------------------------------- palettes

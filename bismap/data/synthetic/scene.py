@@ -7,8 +7,28 @@ from typing import Any, Callable
 import numpy as np
 
 from bismap.data.labels import IGNORE_INDEX
-from bismap.data.synthetic.config import (BIKE, BUILDING, BUS, CAR, FENCE, LIGHT, MOTO, PERSON, POLE, RIDER, ROAD,
-                                          SIDEWALK, SIGN, SKY, TERRAIN, THINGS, TRAIN, TRUCK, VEG, WALL)
+from bismap.data.synthetic.config import (
+    BIKE,
+    BUILDING,
+    BUS,
+    CAR,
+    FENCE,
+    LIGHT,
+    MOTO,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    TERRAIN,
+    THINGS,
+    TRAIN,
+    TRUCK,
+    VEG,
+    WALL,
+)
 
 
 class _Canvas:
@@ -104,7 +124,7 @@ def make_scene(rng: np.random.Generator, h: int, w: int, style: dict[str, Any], 
         cv.mask(dash, ROAD, _jitter(rng, np.array([225, 225, 215], np.float32), 0.05))
 
     # facades per side: blocks along depth with own height and colour; gaps show trees
-    for side, (sign, tw) in sides.items():
+    for _side, (sign, tw) in sides.items():
         outer = rw + sw + tw
         s_col = np.clip((xx[0] - vx) * sign / (outer * w), 0, None)      # depth of each column's ground line
         y_ground = yh + s_col * (h - yh)

@@ -21,8 +21,21 @@ from typing import Any, Callable
 import numpy as np
 
 from bismap.data.labels import IGNORE_INDEX
-from bismap.data.synthetic.config import (BUILDING, CAR, FENCE, LIGHT, POLE, ROAD, SIDEWALK, SIGN, SKY, TERRAIN, THINGS,
-                                          VEG, WALL)
+from bismap.data.synthetic.config import (
+    BUILDING,
+    CAR,
+    FENCE,
+    LIGHT,
+    POLE,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    TERRAIN,
+    THINGS,
+    VEG,
+    WALL,
+)
 from bismap.data.synthetic.scene import _Canvas, _jitter, paint_object
 
 Colour = Callable[[int], np.ndarray]
@@ -196,7 +209,7 @@ def make_suburb_scene(rng: np.random.Generator, h: int, w: int, style: dict[str,
     geo = _layout(rng, h, w)
     s_row, cx = _ground(cv, rng, geo, rates, col)
     objects = _objects(rng, geo, rates, h, w)
-    for y, kind, x, s in [o for o in objects if o[1] == "house"]:
+    for y, _kind, x, s in [o for o in objects if o[1] == "house"]:
         _house(cv, rng, y, x, s * w * obj_scale, col)
     for k, sign in enumerate((-1, 1)):      # picket fence at the footpath, low wall before the houses
         if rng.random() < rates["fence"]:
