@@ -175,7 +175,7 @@ class DiagonalGMM:
         return xa
 
     def _em(self, xa: torch.Tensor, means: torch.Tensor, var0: torch.Tensor) -> tuple[float, bool, int]:
-        """Initial M-step from the hard assignment to `means` (centred), then EM: (lower bound, converged, iterations)."""
+        """Initial M-step from hard assignment to `means` (centred), then EM: (lower bound, converged, iterations)."""
         _, nk, sx, sxx = self._stats_pass(xa, means=means)
         self._m_step(nk, sx, sxx, fallback_var=var0)
         self.means_ = means.clone()
@@ -219,7 +219,7 @@ class DiagonalGMM:
             raise RuntimeError("DiagonalGMM is not fitted")
 
     def _log_prob_components(self, xb: torch.Tensor) -> torch.Tensor:
-        """log(pi_k) + log N(x; mu_k, diag var_k) for a batch: [B, K] in self.dtype, centred on the mean of the means."""
+        """log(pi_k) + log N(x; mu_k, diag var_k) of a batch: [B, K] in self.dtype, centred on the mean of the means."""
         w, c = self._linear_form()
         shift = self.means_.mean(0)  # type: ignore[union-attr]
         d = shift.shape[0]

@@ -76,7 +76,8 @@ def test_aggregate_mean_std(tmp_path):
     assert all(p.is_file() for p in paths)
     md = (tmp_path / "bench" / "table.md").read_text()
     assert "30.0 ± 10.0" in md and "b_k1_s2" in md
-    assert json.loads((tmp_path / "bench" / "table.json").read_text())["ablations"]["full"]["models"]["oracle"]["n"] == 3
+    assert (json.loads((tmp_path / "bench" / "table.json").read_text())
+            ["ablations"]["full"]["models"]["oracle"]["n"] == 3)
 
 
 def test_mean_std_edge_cases():
@@ -92,7 +93,8 @@ D = "Tue Dec  1 02:11:27 2026"
 SUMMARY_K1 = ("Building DAG of jobs...\n" + H
               + f"results/x/summary.json\t{D}\treport\t-\ta.json\t\tok\tupdate pending\n"
               + f"results/x/pseudo/quality.json\t{D}\tpseudo_labels\tlogs/p.log\tm.pt,g.h5\t\tok\tupdate pending\n"
-              + f"results/x/prototypes/gmm.h5\t{D}\tfit_prototypes\tlogs/f.log\tbank.h5\t\tparams changed\tupdate pending\n"
+              + f"results/x/prototypes/gmm.h5\t{D}\tfit_prototypes\tlogs/f.log\tbank.h5\t\tparams changed\t"
+                "update pending\n"
               + f"results/x/models/warmup.pt\t{D}\twarmup\tlogs/w.log\tsrc\t\tok\tno update\n")
 # ... when outputs are missing.
 SUMMARY_MISSING = (H + "results/x/models/warmup.pt\t-\twarmup\t-\t-\t-\tmissing\tupdate pending\n"

@@ -159,7 +159,8 @@ def test_missing_and_unfinished_runs_are_not_tabulated(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"),
-                                              (json.dumps({"experiment": "b_full_s1", "summary": {}}), "not a run summary"),
+                                              (json.dumps({"experiment": "b_full_s1", "summary": {}}),
+                                               "not a run summary"),
                                               (json.dumps({"experiment": "b_full_s9", "summary": {"models": []}}),
                                                "not the benchmark record of b_full_s1")])
 def test_corrupt_record_is_a_one_line_error_naming_the_file(tmp_path, content, message):

@@ -86,7 +86,8 @@ def test_cityscapes_table_covers_all_35_ids():
     assert [int(v) for v in out.ravel()] == [EXPECTED_ID_TO_TRAINID[i] for i in range(34)]
     assert map_ids(np.array([[255]], np.uint8), CITYSCAPES_ID_TO_TRAINID)[0, 0] == 255  # -1 as uint8
     assert map_ids(np.array([-1, 26]), CITYSCAPES_ID_TO_TRAINID).tolist() == [255, 13]
-    assert {TRAINID_TO_ID[t] for t in range(19)} == {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
+    assert {TRAINID_TO_ID[t] for t in range(19)} == {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+                                                     31, 32, 33}
     with pytest.raises(InputError, match="x.png: unknown label value.* 40"):
         map_ids(np.array([[7, 40]], np.uint8), CITYSCAPES_ID_TO_TRAINID, source="x.png")
 
@@ -252,7 +253,8 @@ def test_bad_specs(tmp_path, spec, match):
 def test_cityscapes_missing_gt_and_empty(tmp_path):
     make_cityscapes(tmp_path)
     next((tmp_path / "gtFine" / "val" / "bonn").glob("*.png")).unlink()
-    with pytest.raises(InputError, match=r"1 gtFine label files missing \(first: bonn_000003_000019_gtFine_labelIds.png"):
+    with pytest.raises(InputError,
+                       match=r"1 gtFine label files missing \(first: bonn_000003_000019_gtFine_labelIds.png"):
         open_dataset({"dataset": "cityscapes", "root": str(tmp_path), "split": "val"})
     (tmp_path / "leftImg8bit" / "empty").mkdir()
     with pytest.raises(InputError, match="no \\*/\\*_leftImg8bit.png"):

@@ -193,7 +193,8 @@ def test_fingerprint_mismatch_starts_fresh(tmp_path, capsys):
         run_fit(out, fp="old", loss_fn=dying)
     fresh = run_fit(out, fp="new")
     text = capsys.readouterr().out
-    assert "not resuming from" in text and "changed since it was written" in text and "resuming from" not in text.replace("not resuming from", "")
+    assert ("not resuming from" in text and "changed since it was written" in text
+            and "resuming from" not in text.replace("not resuming from", ""))
     reference = run_fit(tmp_path / "ref.pt", fp="new")
     assert_same_state(fresh["model"], reference["model"])
     assert "fingerprint" not in fresh  # final files depend on config and seed only

@@ -364,7 +364,8 @@ def test_fault6_a_bad_number_says_how_to_write_it(wf) -> None:
     proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml",
                      "--config", 'pseudo_labels={"percentile": "forty"}')
     assert proc.returncode != 0
-    assert "pseudo_labels.percentile: 'forty' is not of type 'number' (write a plain number" in proc.stdout + proc.stderr
+    assert ("pseudo_labels.percentile: 'forty' is not of type 'number' (write a plain number"
+            in proc.stdout + proc.stderr)
 
 
 def test_fault7_dataset_root_with_the_synthetic_benchmark_on_is_refused(wf) -> None:

@@ -30,7 +30,8 @@ def test_weighted_ce_normalised_by_valid_count() -> None:
     got = weighted_cross_entropy(_logits(), target, weight)
     expected = (0.5 * math.log(4 / 3) + 1.0 * math.log(2)) / 2  # 2 valid pixels, not the weight sum 1.5
     assert got.item() == pytest.approx(expected, rel=1e-6)
-    assert weighted_cross_entropy(_logits(), target).item() == pytest.approx((math.log(4 / 3) + math.log(2)) / 2, rel=1e-6)
+    assert weighted_cross_entropy(_logits(), target).item() == pytest.approx((math.log(4 / 3) + math.log(2)) / 2,
+                                                                              rel=1e-6)
 
 
 def test_losses_upsample_logits_to_label_size() -> None:

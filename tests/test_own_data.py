@@ -1,4 +1,5 @@
-"""configs/own_data.example.yaml (the README's "Use your own data") against tiny fake data in the layouts it documents."""
+"""configs/own_data.example.yaml (the README's "Use your own data") against tiny fake data in the layouts \
+it documents."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,7 +38,8 @@ def fake_synthia(root: Path) -> None:
     write_png16(root / "GT" / "LABELS" / "0000001.png", lab)
 
 
-def fake_cityscapes(root: Path, splits: tuple[str, ...] = ("train", "val"), labelled: tuple[str, ...] = ("val",)) -> None:
+def fake_cityscapes(root: Path, splits: tuple[str, ...] = ("train", "val"),
+                    labelled: tuple[str, ...] = ("val",)) -> None:
     for split in splits:
         for city in ("aachen", "bonn"):
             stem = f"{city}_000000_000019"

@@ -45,7 +45,8 @@ def test_iterations_reach_the_prior_and_leave_inactive_classes_alone() -> None:
     spread = mean[active].max() / mean[active].min()
     assert float(spread) < 1.05  # all active classes end near the same mean
     assert offset[7] == 0 and offset[POLE] - offset[ROAD] < -2.0  # pole pushed down against the rest
-    assert torch.equal(alignment_offset(sample, prior, strength=0.0, iterations=3), torch.zeros(19, dtype=torch.float64))
+    assert torch.equal(alignment_offset(sample, prior, strength=0.0, iterations=3),
+                       torch.zeros(19, dtype=torch.float64))
     only = alignment_offset(sample, prior, strength=1.0, iterations=3, classes=[ROAD, POLE])
     assert set(torch.nonzero(only).flatten().tolist()) == {ROAD, POLE}
 

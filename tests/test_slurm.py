@@ -165,7 +165,8 @@ def _cancel_once_checkpointed(workdir: Path, args: list[str], rule: str, log: Pa
 
 
 @pytest.mark.skipif((REPO / "Snakefile").exists() and TINY_CONFIG.exists(),
-                    reason="covered on the real workflow by test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint")
+                    reason="covered on the real workflow by "
+                           "test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint")
 def test_toy_scancel_is_retried_and_resumes(slurm_cluster, tmp_path):
     work = tmp_path / "w"
     log = work / "logs" / "train.log"

@@ -415,8 +415,9 @@ def test_real_checkpoint_smoke(tmp_path) -> None:
     with h5py.File(out, "r") as f:
         assert f["class_0"].shape[1] == 8
         assert sum(f[f"class_{c}"].shape[0] for c in range(19)) >= 0
-    naive_labels.run(checkpoint=ckpt, target=tgt, target_gt=None, out_dir=tmp_path / "n", out_quality=tmp_path / "q.json",
-                     cfg=schema_defaults("naive", threshold=0.0, adabn=NO_ADABN), data=DATA, runtime=RUNTIME)
+    naive_labels.run(checkpoint=ckpt, target=tgt, target_gt=None, out_dir=tmp_path / "n",
+                     out_quality=tmp_path / "q.json", cfg=schema_defaults("naive", threshold=0.0, adabn=NO_ADABN),
+                     data=DATA, runtime=RUNTIME)
     assert len(list((tmp_path / "n").iterdir())) == 2
 
 

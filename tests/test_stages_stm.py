@@ -83,7 +83,8 @@ def test_class_entropy_from_data(tmp_path, fixed_model) -> None:
 
 @pytest.mark.parametrize("mode,cls,value", [("official_gta5", "road", 0.131), ("official_gta5", "bicycle", 1.0),
                                             ("official_gta5", "sky", 0.0), ("official_synthia", "road", 0.203),
-                                            ("official_synthia", "motorcycle", 1.0), ("official_synthia", "fence", 0.908)])
+                                            ("official_synthia", "motorcycle", 1.0),
+                                            ("official_synthia", "fence", 0.908)])
 def test_class_entropy_official_tables(tmp_path, mode, cls, value) -> None:
     from bismap.stages import class_entropy, stm_maps
 

@@ -227,7 +227,8 @@ def test_self_training_full_losses(tiny, capsys, monkeypatch) -> None:
     monkeypatch.setattr(self_training, "build_view", lambda *a, **k: seen.append(k) or build_view(*a, **k))
     out = tiny["tmp"] / "st.pt"
     self_training.run(source=tiny["source"], target=target, stm_maps=stm, out_checkpoint=out, model=MODEL,
-                      train=train_cfg(3), augment=AUGMENT, cfg=st_cfg(30.0, True), data=DATA, runtime=RUNTIME_T, threads=1)
+                      train=train_cfg(3), augment=AUGMENT, cfg=st_cfg(30.0, True), data=DATA, runtime=RUNTIME_T,
+                      threads=1)
     rows = losses_logged(capsys.readouterr().out)
     assert [set(r) for r in rows] == [{"source_ce", "target_sce", "consistency", "total"}] * 3
     assert all(r["source_ce"] == 0.0 for r in rows)
@@ -353,7 +354,8 @@ def test_distillation_end_to_end_student_weights(tiny, capsys) -> None:
     # lr 0: the student's backbone must still hold the student_weights file afterwards
     distillation.run(source=tiny["source"], target=target, stm_maps=stm, teacher_checkpoint=teacher,
                      out_checkpoint=out, model=MODEL, train=train_cfg(2, lr=0.0, momentum=0.0), augment=AUGMENT,
-                     cfg=dill_cfg("kl", use_stm=True, student_weights=str(weights)), data=DATA, runtime=RUNTIME_T, threads=1)
+                     cfg=dill_cfg("kl", use_stm=True, student_weights=str(weights)), data=DATA, runtime=RUNTIME_T,
+                     threads=1)
     rows = losses_logged(capsys.readouterr().out)
     assert [set(r) for r in rows] == [{"source_ce", "target_sce", "kd", "total"}] * 2
     ckpt = torch.load(out, weights_only=True)
@@ -372,8 +374,8 @@ def test_self_training_init_warmup_starts_from_the_checkpoint(tiny) -> None:
     cfg = {**st_cfg(0.0, False), "init": "warmup"}
     out = tiny["tmp"] / "st_init.pt"
     self_training.run(source=tiny["source"], target=target, stm_maps=None, out_checkpoint=out, model=MODEL,
-                      train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT, cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1,
-                      init_checkpoint=init)
+                      train=train_cfg(1, lr=0.0, momentum=0.0), augment=AUGMENT, cfg=cfg, data=DATA, runtime=RUNTIME_T,
+                      threads=1, init_checkpoint=init)
     ref = torch.load(init, weights_only=True)["model"]
     got = torch.load(out, weights_only=True)["model"]
     for k, v in ref.items():
@@ -381,7 +383,8 @@ def test_self_training_init_warmup_starts_from_the_checkpoint(tiny) -> None:
             assert torch.equal(got[k], v), k
     with pytest.raises(InputError, match="warm-up checkpoint"):
         self_training.run(source=tiny["source"], target=target, stm_maps=None, out_checkpoint=tiny["tmp"] / "y.pt",
-                          model=MODEL, train=train_cfg(1), augment=AUGMENT, cfg=cfg, data=DATA, runtime=RUNTIME_T, threads=1)
+                          model=MODEL, train=train_cfg(1), augment=AUGMENT, cfg=cfg, data=DATA, runtime=RUNTIME_T,
+                          threads=1)
 
 
 def test_distillation_init_teacher_copies_the_teacher(tiny) -> None:
@@ -513,7 +516,8 @@ def test_evaluate_constant_model_miou(tiny) -> None:
     ckpt = constant_checkpoint(tiny["tmp"] / "c.pt", ROAD)
     out_json, out_csv = tiny["tmp"] / "m.json", tiny["tmp"] / "m.csv"
     evaluate.run(checkpoint=ckpt, target=tiny["val"], out_json=out_json, out_confusion_csv=out_csv,
-                 cfg={"scales": [1.0], "flip": False, "protocol": "cityscapes19"}, data=DATA, runtime=RUNTIME_T, threads=1)
+                 cfg={"scales": [1.0], "flip": False, "protocol": "cityscapes19"}, data=DATA, runtime=RUNTIME_T,
+                 threads=1)
     m = json.loads(out_json.read_text())
     rows = list(csv.reader(out_csv.open()))
     road_row = [int(v) for v in rows[1 + ROAD][1:]]

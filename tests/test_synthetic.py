@@ -47,7 +47,8 @@ def test_write_parallel_equals_serial_and_layouts(tmp_path):
     run(source_dir=tmp_path / "s2", target_dir=tmp_path / "t2", cfg=TINY, runtime={"synthetic_workers": 2}, threads=2)
     assert digest(tmp_path / "s1") == digest(tmp_path / "s2")
     assert digest(tmp_path / "t1") == digest(tmp_path / "t2")
-    run(source_dir=tmp_path / "s3", target_dir=tmp_path / "t3", cfg={**TINY, "seed": 1}, runtime={"synthetic_workers": 1})
+    run(source_dir=tmp_path / "s3", target_dir=tmp_path / "t3", cfg={**TINY, "seed": 1},
+        runtime={"synthetic_workers": 1})
     assert digest(tmp_path / "s1") != digest(tmp_path / "s3")
     src = open_dataset({"dataset": "gta5", "root": str(tmp_path / "s1")})
     assert src.names == ["00001", "00002", "00003"]

@@ -70,7 +70,8 @@ def _pixels(t: torch.Tensor) -> np.ndarray:
 
 def test_label_weight_image_strong_aligned(maps) -> None:
     ds, path = maps
-    view = TrainingView(ds, AUG, MEAN, STD, weight_maps=path, strong={"ops": 0, "magnitude": 10, "cutout": 0.25}, seed=3)
+    view = TrainingView(ds, AUG, MEAN, STD, weight_maps=path, strong={"ops": 0, "magnitude": 10, "cutout": 0.25},
+                        seed=3)
     flips, sizes = set(), set()
     for epoch in range(4):
         view.set_epoch(epoch)
@@ -120,10 +121,12 @@ def test_crop_retry_avoids_single_value_crops() -> None:
     label = np.zeros((40, 40), np.uint8)
     label[:, 30:] = 1  # most 20x20 crops hold only class 0
     aug = augment_config({**AUG, "scale": [1, 1], "crop": [20, 20], "flip": False})
-    mixed = sum(np.unique(apply_geometry(label, sample_geometry(np.random.default_rng(s), label, aug), "label")).size > 1
+    mixed = sum(np.unique(apply_geometry(label, sample_geometry(np.random.default_rng(s), label, aug),
+                                         "label")).size > 1
                 for s in range(40))
     aug1 = {**aug, "crop_retries": 1}
-    mixed1 = sum(np.unique(apply_geometry(label, sample_geometry(np.random.default_rng(s), label, aug1), "label")).size > 1
+    mixed1 = sum(np.unique(apply_geometry(label, sample_geometry(np.random.default_rng(s), label, aug1),
+                                          "label")).size > 1
                  for s in range(40))
     assert mixed >= 36 and mixed1 < mixed
 
@@ -173,7 +176,8 @@ def test_no_maps_gives_ones_and_missing_map_is_input_error(maps, tmp_path) -> No
 def test_photometric_ops() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
-    jit = color_jitter(img, np.random.default_rng(1), {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.2})
+    jit = color_jitter(img, np.random.default_rng(1),
+                       {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.2})
     assert jit.shape == img.shape and jit.dtype == np.uint8 and not np.array_equal(jit, img)
     assert np.array_equal(color_jitter(img, np.random.default_rng(1), NO_JITTER), img)
     outs = [rand_augment(img, np.random.default_rng(s), 2, 10) for s in range(20)]

@@ -24,9 +24,9 @@ WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "configs", "config.yaml", "en
 
 ALL_RULES = {
     "synthetic_data": 1, "stylize": 1, "preflight": 3, "warmup": 1, "oracle": 1, "class_entropy": 1, "stm_features": 1,
-    "stm_prototypes": 1, "stm_maps": 1, "source_features": 1, "fit_prototypes": 1, "source_prior": 1, "pseudo_labels": 1,
-    "naive_labels": 1, "naive_self_training": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
-    "evaluate": 6, "report": 1, "all": 1,
+    "stm_prototypes": 1, "stm_maps": 1, "source_features": 1, "fit_prototypes": 1, "source_prior": 1,
+    "pseudo_labels": 1, "naive_labels": 1, "naive_self_training": 1, "self_training": 1, "teacher_labels": 2,
+    "distillation": 2, "evaluate": 6, "report": 1, "all": 1,
 }
 
 

@@ -7,7 +7,8 @@
 Parts: gmm (fit vs scikit-learn), scoring (pseudo-label GMM scoring vs the network forward),
 training (FLOP/s and overhead of the step), loading (readers + augmentation vs the step),
 workflow (snakemake -n, critical path of a finished run), preflight (reading every file before training),
-memory (each training stage's memory at the paper configs, from the autograd graph on the meta device). Not tests: nothing here asserts a time.
+memory (each training stage's memory at the paper configs, from the autograd graph on the meta device). \
+Not tests: nothing here asserts a time.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-bf16", action="store_true", help="skip the CPU bf16 autocast measurement")
     p.add_argument("--images", type=int, default=None, help="images read by the loading part (default 64)")
     p.add_argument("--workflow-experiment", default=None, metavar="NAME",
-                   help="finished run of config.yaml whose stage times give the critical path (default: its experiment)")
+                   help="finished run of config.yaml whose stage times give the critical path "
+                        "(default: its experiment)")
     p.add_argument("--preflight-images", type=int, default=None, help="images per size (default 3000)")
     p.add_argument("--preflight-sizes", nargs="+", default=None, metavar="HxW",
                    help="image sizes of the preflight part (default 96x192 512x1024)")
@@ -87,7 +89,8 @@ def run_part(part: str, a: argparse.Namespace, results: dict) -> dict:
     if part == "memory":
         return memory.run(["configs/gta5.yaml"] if a.tiny else ["configs/gta5.yaml", "configs/synthia.yaml"])
     if part == "preflight":
-        return preflight.run(a.preflight_images, [tuple(int(v) for v in s.lower().split("x")) for s in a.preflight_sizes],
+        return preflight.run(a.preflight_images,
+                             [tuple(int(v) for v in s.lower().split("x")) for s in a.preflight_sizes],
                              threads=a.preflight_threads)
     if part == "gmm":
         return gmm.run(a.gmm_n, d=a.gmm_d, iters=a.gmm_iters, repeats=a.repeats)

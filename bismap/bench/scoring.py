@@ -4,7 +4,8 @@ One image through the stage's own code (`pseudo_labels.gmm_predictor`): the forw
 timed apart, everything after it (`label_features`: upsampling of the stride-4 features to the
 image size, float32 class scores of 19 classes x K components, float64 re-scoring of near ties).
 Share = scoring / (forward + scoring), the stage's per-image time less PNG writing; best of
-the repeats (at least 2e6 / pixels of them, at most 20). GMMs: per class, K feature vectors of the image as means, the feature
+the repeats (at least 2e6 / pixels of them, at most 20). GMMs: per class, K feature vectors of the \
+image as means, the feature
 variance x U(0.5, 2) as variances. Labels are compared with a float64 reference (float64
 upsampling and float64 scores of the same stride-4 features): `ties` pixels had their two best
 classes within prototypes.TIE_RTOL and were re-scored; `mismatch` must be 0.

@@ -7,7 +7,8 @@ The bare step (one student forward + backward + the trainer's optimizer/EMA/sche
 self-training iteration (student on source and weak target, EMA teacher on weak, student on the
 strong view, CE + CE + KL, via `bismap.engine.throughput`, data in memory) are timed by the trainer
 itself. Times are medians over the iterations (the machine is shared: a burst of another job
-hits one iteration, not the median). Overhead = step time / its model compute (bare: 1 forward+backward; full: 3 forward+backward
+hits one iteration, not the median). Overhead = step time / its model compute (bare: 1 \
+forward+backward; full: 3 forward+backward
 + 1 forward) - 1. FLOPs are counted by torch.utils.flop_counter (convolutions and matmuls only);
 the share is of the fp32 matmul rate (under bf16 autocast it can exceed 1).
 Augmentation and reading are measured separately (data loading).
@@ -72,7 +73,8 @@ def run(setting: str = "embedded", iters: int = 5, warmup: int = 2, batch: int |
     for amp in amps:
         mc = model_compute(setting, batch, iters, amp)
         for step, compute_s, flops in (("bare", mc["fb_s"], mc["flops_fb"]),
-                                       ("self_training", 3 * mc["fb_s"] + mc["f_s"], 3 * mc["flops_fb"] + mc["flops_f"])):
+                                       ("self_training", 3 * mc["fb_s"] + mc["f_s"],
+                                        3 * mc["flops_fb"] + mc["flops_f"])):
             t0 = time.perf_counter()
             r = throughput.run(setting, "cpu", iters, warmup, amp, None, False, batch=batch, step=step)
             s_it = r["s_per_it_median"]
@@ -80,7 +82,8 @@ def run(setting: str = "embedded", iters: int = 5, warmup: int = 2, batch: int |
                          "overhead": s_it / compute_s - 1.0, "gflops": flops / s_it / 1e9,
                          "share_of_matmul": flops / s_it / peak, "wall_s": time.perf_counter() - t0})
             print(f"bench training: {step} amp={amp}: {s_it:.3f} s/it, model compute {compute_s:.3f} s, "
-                  f"overhead {rows[-1]['overhead']:+.1%}, {rows[-1]['share_of_matmul']:.1%} of matmul FLOP/s", flush=True)
+                  f"overhead {rows[-1]['overhead']:+.1%}, {rows[-1]['share_of_matmul']:.1%} of matmul FLOP/s",
+                  flush=True)
     return {"setting": setting, "matmul_gflops": peak / 1e9, "threads": torch.get_num_threads(), "rows": rows,
             "native_bf16": cpu_has_native_bf16()}
 

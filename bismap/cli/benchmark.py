@@ -31,8 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="also read kept records from this folder (repeatable; the file's `archive` comes first)")
     p.add_argument("--dry-run", action="store_true", help="print the snakemake commands and write the overlays only")
     p.add_argument("--keep-going", action="store_true", help="continue with the next run when one fails")
-    p.add_argument("--results", default="results", help="results root holding results/<experiment>/ (default: %(default)s)")
-    p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments (after --), e.g. -- --profile profiles/slurm")
+    p.add_argument("--results", default="results",
+                   help="results root holding results/<experiment>/ (default: %(default)s)")
+    p.add_argument("snakemake_args", nargs="*",
+                   help="extra snakemake arguments (after --), e.g. -- --profile profiles/slurm")
     p.set_defaults(func=run_cli)
     return p
 

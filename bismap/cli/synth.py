@@ -28,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description="Writes OUT/source (GTA5 layout) and OUT/target (Cityscapes layout).")
     p.add_argument("--config", default=None, help="YAML file; its `synthetic` slice (or the whole file) is used")
     p.add_argument("--out", required=True, help="output folder (gets source/ and target/)")
-    p.add_argument("--preset", default=None, help="scene kind: default (city street) or suburb (another kind of street)")
+    p.add_argument("--preset", default=None,
+                   help="scene kind: default (city street) or suburb (another kind of street)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -70,5 +71,6 @@ def run_cli(args: argparse.Namespace) -> int:
     cfg = write_benchmark(str(out / "source"), str(out / "target"), cfg)
     n = int(cfg["n_source"]) + int(cfg["n_target_train"]) + int(cfg["n_target_val"])
     dt = time.perf_counter() - t0
-    print(f"synth: {n} images in {dt:.1f}s ({n / max(dt, 1e-9):.0f} images/s with {cfg['workers']} workers)", flush=True)
+    print(f"synth: {n} images in {dt:.1f}s ({n / max(dt, 1e-9):.0f} images/s with {cfg['workers']} workers)",
+          flush=True)
     return 0

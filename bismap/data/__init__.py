@@ -32,7 +32,8 @@ def _check_spec(spec: dict[str, Any]) -> None:
     if spec["dataset"] == "cityscapes" and not spec.get("split"):
         raise InputError(f"dataset spec: 'split' is required for cityscapes ({spec['root']})")
     if spec["dataset"] != "cityscapes" and spec.get("split") is not None:
-        raise InputError(f"dataset spec: 'split' is only for cityscapes, got split={spec['split']!r} for {spec['dataset']}")
+        raise InputError(f"dataset spec: 'split' is only for cityscapes, "
+                         f"got split={spec['split']!r} for {spec['dataset']}")
     size = spec.get("size")
     if size is not None and (len(size) != 2 or any(int(s) <= 0 for s in size)):
         raise InputError(f"dataset spec: 'size' must be [H, W] of positive ints or null, got {size!r}")

@@ -1,4 +1,5 @@
-"""Cityscapes layout: root/leftImg8bit/<split>/<city>/*_leftImg8bit.png + root/gtFine/<split>/<city>/*_gtFine_labelIds.png."""
+"""Cityscapes layout: root/leftImg8bit/<split>/<city>/*_leftImg8bit.png + \
+root/gtFine/<split>/<city>/*_gtFine_labelIds.png."""
 from __future__ import annotations
 
 import re

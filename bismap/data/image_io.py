@@ -27,7 +27,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         im = Image.open(path)
         im.load()
     except _DECODE_ERRORS as e:
-        raise InputError(f"{path}: unreadable or truncated image ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        raise InputError(
+            f"{path}: unreadable or truncated image ({type(e).__name__}: {e})".replace("\n", " ")) from None
     return im
 
 

@@ -150,10 +150,11 @@ def run(setting: str, device_name: str, iters: int, warmup: int, amp: str, threa
     return {"setting": setting, "step": step, "device": str(device), "gpu": torch.cuda.get_device_name(device)
             if device.type == "cuda" else None, "threads": n_threads,
             "amp": dev.resolve_amp(amp, device).name, "channels_last": channels_last and device.type == "cuda",
-            "activation_checkpointing": checkpointing, "crop": list(spec["crop"]), "batch": f"{bs}+{bs}", "iters": iters, "warmup": warmup,
-            "it_per_s": round(rate, 4), "s_per_it": round(1 / rate, 3),
+            "activation_checkpointing": checkpointing, "crop": list(spec["crop"]), "batch": f"{bs}+{bs}",
+            "iters": iters, "warmup": warmup, "it_per_s": round(rate, 4), "s_per_it": round(1 / rate, 3),
             "s_per_it_median": median, "peak_memory_mb": round(peak_memory_mb(device)),
-            "peak_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None}
+            "peak_reserved_mb": (round(torch.cuda.max_memory_reserved(device) / 2**20)
+                                 if device.type == "cuda" else None)}
 
 
 @contextlib.contextmanager

@@ -277,8 +277,8 @@ def _resume(run: _Run) -> int:
     if state is None:
         return 0
     run.guard.load_state_dict(state.get("guard"))
-    start = ckpt_io.restore_training_state(state, run.model, run.ema, run.optimizer, run.scheduler, run.scaler, run.streams,
-                     run.info.rank)
+    start = ckpt_io.restore_training_state(state, run.model, run.ema, run.optimizer, run.scheduler, run.scaler,
+                                           run.streams, run.info.rank)
     _note(run, f"resuming from {run.resume_file} at iteration {start}/{run.total}")
     return start
 

@@ -26,7 +26,8 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CL
     p = pred[valid]
     p = np.where((p >= 0) & (p < num_classes), p, num_classes)
     idx = gt[valid] * (num_classes + 1) + p
-    return np.bincount(idx, minlength=num_classes * (num_classes + 1)).reshape(num_classes, num_classes + 1).astype(np.int64)
+    return (np.bincount(idx, minlength=num_classes * (num_classes + 1))
+            .reshape(num_classes, num_classes + 1).astype(np.int64))
 
 
 class ConfusionMatrix:

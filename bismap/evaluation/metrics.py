@@ -22,9 +22,11 @@ SYNTHIA_MISSING = (9, 14, 16)  # terrain, truck, train
 
 DEFINITIONS = {
     "miou": "mean IoU over the 19 Cityscapes classes (classes with empty IoU denominator left out)",
-    "miou16": "mean IoU over the 16 SYNTHIA classes, from the 19-way matrix (GT terrain/truck/train pixels stay and count as FP of what is predicted there; BiSMAP/DAFormer protocol)",
+    "miou16": "mean IoU over the 16 SYNTHIA classes, from the 19-way matrix (GT terrain/truck/train pixels stay "
+              "and count as FP of what is predicted there; BiSMAP/DAFormer protocol)",
     "miou13": "mean IoU over the 13 SYNTHIA classes (16 minus wall, fence, pole), from the 19-way matrix",
-    "miou16_ignore_missing": "mean IoU over the 16 SYNTHIA classes with GT terrain/truck/train pixels ignored (ProDA/CPSL --n_class 16 protocol)",
+    "miou16_ignore_missing": "mean IoU over the 16 SYNTHIA classes with GT terrain/truck/train pixels ignored "
+                             "(ProDA/CPSL --n_class 16 protocol)",
     "miou13_ignore_missing": "mean IoU over the 13 SYNTHIA classes with GT terrain/truck/train pixels ignored",
     "miou_present": "mean IoU over the classes present in the ground truth",
     "pixel_accuracy": "correct pixels / GT pixels not ignored (void predictions count as wrong)",

@@ -45,7 +45,8 @@ def label_quality(pairs: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> dict
     out: dict[str, Any] = {
         "images": n_images,
         "coverage": covered / total if total else 0.0,
-        "coverage_per_class": {CLASS_NAMES[c]: (int(per_class[c]) / total if total else 0.0) for c in range(NUM_CLASSES)},
+        "coverage_per_class": {CLASS_NAMES[c]: (int(per_class[c]) / total if total else 0.0)
+                               for c in range(NUM_CLASSES)},
         "accuracy": None, "miou": None, "iou_per_class": None, "images_with_gt": with_gt,
         "gt_class_frequency": ({CLASS_NAMES[c]: int(gt_counts[c]) / int(gt_counts.sum()) for c in range(NUM_CLASSES)}
                                if gt_counts.sum() else None),
@@ -55,7 +56,8 @@ def label_quality(pairs: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> dict
         iou = iou_per_class(m)
         out["accuracy"] = float(np.trace(m[:, :NUM_CLASSES]) / m.sum())
         out["miou"] = float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else None
-        out["iou_per_class"] = {CLASS_NAMES[c]: (None if np.isnan(iou[c]) else float(iou[c])) for c in range(NUM_CLASSES)}
+        out["iou_per_class"] = {CLASS_NAMES[c]: (None if np.isnan(iou[c]) else float(iou[c]))
+                                for c in range(NUM_CLASSES)}
     return out
 
 

@@ -66,7 +66,8 @@ def build_model(cfg: Mapping[str, Any]) -> DeepLabV3Plus:
         pass
     elif str(weights).lower() == "imagenet":
         if not isinstance(backbone, ResNetBackbone):
-            raise InputError(f"model.weights: 'imagenet' is only available for torchvision backbones, not {cfg['backbone']!r}; "
+            raise InputError(f"model.weights: 'imagenet' is only available for torchvision backbones, "
+                             f"not {cfg['backbone']!r}; "
                              f"give a SimCLRv2 .pth path instead")
         load_state(backbone, imagenet_state_dict(backbone.depth), f"imagenet:{backbone.arch}")
     else:
@@ -81,7 +82,8 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: cannot read as a torch weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise InputError(f"{path}: cannot read as a torch weights file "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _is_state(obj: Any) -> bool:

@@ -35,7 +35,8 @@ class ASPP(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, low_in: int, low_channels: int, aspp_channels: int, channels: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, low_in: int, low_channels: int, aspp_channels: int, channels: int, num_classes: int,
+                 dropout: float) -> None:
         super().__init__()
         self.low = conv_bn_relu(low_in, low_channels, 1)
         self.fuse = nn.Sequential(conv_bn_relu(low_channels + aspp_channels, channels, 3),
@@ -73,7 +74,8 @@ class DeepLabV3Plus(nn.Module):
             aspp_rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.backbone = backbone
         self.aspp = ASPP(backbone.high_channels, aspp_channels, aspp_rates)
-        self.decoder = Decoder(backbone.low_channels, low_level_channels, aspp_channels, decoder_channels, num_classes, dropout)
+        self.decoder = Decoder(backbone.low_channels, low_level_channels, aspp_channels, decoder_channels, num_classes,
+                               dropout)
         self.feature_dim = decoder_channels
         self.num_classes = num_classes
         kaiming_init(self)

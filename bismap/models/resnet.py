@@ -19,7 +19,8 @@ from bismap.models.checkpointing import run_blocks
 RESNET_DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
 
 
-def stage_dilations(output_stride: int, multi_grid: Sequence[int], blocks: tuple[int, int], bottleneck: bool) -> tuple[list[int] | None, list[int]]:
+def stage_dilations(output_stride: int, multi_grid: Sequence[int], blocks: tuple[int, int],
+                    bottleneck: bool) -> tuple[list[int] | None, list[int]]:
     """Per-block dilations for (stage 3, stage 4) of a ResNet at the given output stride.
 
     Stage 3 is None at OS16 (left strided); stage 4 carries the multi-grid unit

@@ -55,7 +55,8 @@ class Projection(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, sk_ratio: float) -> None:
         super().__init__()
         if sk_ratio > 0:
-            self.shortcut = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(2, stride=stride, padding=0), _conv(cin, cout, 1))
+            self.shortcut = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(2, stride=stride, padding=0),
+                                          _conv(cin, cout, 1))
         else:
             self.shortcut = _conv(cin, cout, 1, stride=stride)
         self.bn = BatchNormRelu(cout, relu=False)
@@ -113,7 +114,8 @@ class SimCLRResNet(nn.Module):
     `fc` exists only so the converter's `resnet` dict (fc included) loads strictly.
     """
 
-    def __init__(self, depth: int, width_multiplier: int = 1, sk_ratio: float = 0.0625, include_fc: bool = True) -> None:
+    def __init__(self, depth: int, width_multiplier: int = 1, sk_ratio: float = 0.0625,
+                 include_fc: bool = True) -> None:
         super().__init__()
         if depth not in SIMCLR_LAYERS:
             raise InputError(f"model.backbone: SimCLRv2 depth must be one of {sorted(SIMCLR_LAYERS)}, got {depth}")
@@ -182,7 +184,8 @@ _TV_BLOCK = {"conv1": "net.0", "bn1": "net.1.0", "conv2": "net.2", "bn2": "net.3
              "bn3": "net.5.0", "downsample.0": "projection.shortcut", "downsample.1": "projection.bn.0"}
 _SK0_BLOCK = {v: k for k, v in _TV_BLOCK.items()}
 _TV_RE = re.compile(r"^layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])\.(\w+)$")
-_SK0_RE = re.compile(r"^net\.([1-4])\.blocks\.(\d+)\.(net\.[0245]|net\.[135]\.0|projection\.shortcut|projection\.bn\.0)\.(\w+)$")
+_SK0_RE = re.compile(r"^net\.([1-4])\.blocks\.(\d+)\."
+                     r"(net\.[0245]|net\.[135]\.0|projection\.shortcut|projection\.bn\.0)\.(\w+)$")
 
 
 def torchvision_to_simclr_sk0(key: str) -> str | None:

@@ -80,8 +80,9 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
                 x = x[torch.randperm(n, generator=g)[:max_samples].sort().values]
             if kc < k:
                 print(f"fit_prototypes: class {c}: only {n} rows, K reduced {k} -> {kc}", flush=True)
-            gmm = DiagonalGMM(kc, tol=float(cfg["tol"]), max_iter=int(cfg["max_iter"]), reg_covar=float(cfg["reg_covar"]),
-                              seed=seed + c, batch_size=int(cfg["batch_size"]), device=device, n_init=int(cfg["n_init"]),
+            gmm = DiagonalGMM(kc, tol=float(cfg["tol"]), max_iter=int(cfg["max_iter"]),
+                              reg_covar=float(cfg["reg_covar"]), seed=seed + c, batch_size=int(cfg["batch_size"]),
+                              device=device, n_init=int(cfg["n_init"]),
                               kmeans_n_init=int(cfg["kmeans_n_init"]), kmeans_tol=float(cfg["kmeans_tol"]),
                               kmeans_max_iter=int(cfg["kmeans_max_iter"]))
             gmm.fit(x)

@@ -37,7 +37,8 @@ def run(*, checkpoint: str | os.PathLike, target: dict, target_gt: dict | None, 
     ds = open_spec(target, "target")
     gt_ds = None if target_gt is None else open_spec(target_gt, "target_gt")
     model = prepare_model(checkpoint, ds, cfg, data, device, "naive_labels")
-    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "confidence", DEFAULT_CONFIDENCE, ("balanced",))
+    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "confidence", DEFAULT_CONFIDENCE,
+                                                                          ("balanced",))
     predict = softmax_predictor(model, mean=mean, std=std, device=device, flip=bool(cfg["flip"]))
     print(f"naive_labels: {len(ds)} target images, selection {mode}", flush=True)
     label_target(ds=ds, gt_ds=gt_ds, predict=predict, out_dir=out_dir, out_quality=out_quality, mode=mode,

@@ -161,7 +161,8 @@ def run(*, datasets: dict[str, dict], model: dict, student: dict, stm: dict, out
           f"{len(problems)} problem(s), {len(notes)} warning(s) in {report['seconds']} s", flush=True)
     if problems:
         shown = "; ".join(problems[:_SHOWN_IN_ERROR])
-        more = f"; ... and {len(problems) - _SHOWN_IN_ERROR} more (see the log)" if len(problems) > _SHOWN_IN_ERROR else ""
+        more = (f"; ... and {len(problems) - _SHOWN_IN_ERROR} more (see the log)"
+                if len(problems) > _SHOWN_IN_ERROR else "")
         raise InputError(f"preflight found {len(problems)} problem(s) in the inputs: {shown}{more}")
     write_json(out_report, report)
     with atomic_path(out_summary) as tmp:

@@ -47,7 +47,8 @@ def interp_taps(n_out: int, n_in: int, device: torch.device | None = None
     return lo.to(device), hi.to(device), (src - lo).float().to(device)
 
 
-def upsampled_cols(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+def upsampled_cols(feat: torch.Tensor, size: tuple[int, int],
+                   rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first row, [D, rows*W]) of feat [D,h,w] bilinearly upsampled (align_corners=True) to size.
 
     Rows: two taps (gather + lerp) on the stride-4 map; columns: torch's fused linear interpolation
@@ -63,7 +64,8 @@ def upsampled_cols(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: in
         yield r0, out.reshape(d, -1)
 
 
-def upsampled_rows(feat: torch.Tensor, size: tuple[int, int], rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+def upsampled_rows(feat: torch.Tensor, size: tuple[int, int],
+                   rows_per_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first row, [rows*W, D]) (a transposed view of upsampled_cols)."""
     for r0, cols in upsampled_cols(feat, size, rows_per_chunk):
         yield r0, cols.T
@@ -173,7 +175,8 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     dim = int(getattr(model, "feature_dim", meta.get("feature_dim", 0)))
     if meta.get("feature_dim") is not None and int(meta["feature_dim"]) != dim:
         raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
-    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0, ("confidence", "balanced"))
+    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0,
+                                                                          ("confidence", "balanced"))
     rule = str(cfg["rule"])
     kept: dict = {}   # the alignment's forward pass, reused by the first labelling pass while it fits
     alignment: dict = {}
@@ -187,7 +190,7 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
                             normalize=bool(meta.get("normalize", False)), logit_offset=offset)
     print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
           f"selection {mode}, {'unit-length' if meta.get('normalize') else 'raw'} features", flush=True)
-    label_target(ds=ds, gt_ds=gt_ds, predict=reusing(predict, kept), out_dir=out_dir, out_quality=out_quality, mode=mode,
-                 threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
+    label_target(ds=ds, gt_ds=gt_ds, predict=reusing(predict, kept), out_dir=out_dir, out_quality=out_quality,
+                 mode=mode, threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
                  stage="pseudo_labels", cache_mb=float(runtime["label_cache_mb"]),
                  min_coverage=float(runtime["min_label_coverage"]), alignment=alignment)

@@ -61,8 +61,8 @@ def build_extractor(cfg: dict, checkpoint, data: dict, device: torch.device
 
 
 @torch.no_grad()
-def run(*, source: dict, target: dict, out_h5: str | os.PathLike, cfg: dict, checkpoint: str | os.PathLike | None = None,
-        data: dict, runtime: dict, threads: int = 1) -> None:
+def run(*, source: dict, target: dict, out_h5: str | os.PathLike, cfg: dict,
+        checkpoint: str | os.PathLike | None = None, data: dict, runtime: dict, threads: int = 1) -> None:
     """Extract grid features of every source and target image into one HDF5 file (atomic)."""
     import h5py
 

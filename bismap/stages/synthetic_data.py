@@ -1,4 +1,5 @@
-"""Stage: generate the built-in synthetic domain-shift benchmark (source in GTA5 layout, target in Cityscapes layout)."""
+"""Stage: generate the built-in synthetic domain-shift benchmark (source in GTA5 layout, \
+target in Cityscapes layout)."""
 from __future__ import annotations
 
 import os

@@ -8,7 +8,8 @@ pixel). `selection: balanced` is the pseudo labels' class-balanced rule (engine.
 pass pools sampled confidences per predicted class, then a pixel stays when its confidence reaches
 the lower of `threshold` and its class's `percentile`, so a class the teacher is rarely sure of keeps
 its most confident pixels. `align_prior` first shifts the logits so that their mean prediction matches
-the source label distribution (engine.prior_alignment). Optional AdaBN first re-estimates the batch-norm statistics on the target images
+the source label distribution (engine.prior_alignment). Optional AdaBN first re-estimates the batch-norm \
+statistics on the target images
 (design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
 Labels are `<out_dir>/<image file name>` palette PNGs (written into a temporary folder renamed
 into place); the quality JSON scores them against target ground truth when it exists.

@@ -42,8 +42,8 @@ from bismap.sweep.spec import (
 from bismap.sweep.stats import mean_std, paired, t975
 from bismap.sweep.table import plot, plot_rows, table_markdown, text_plot, write_outputs
 
-__all__ = ["METHOD_ORDER", "FORCE_MARKER", "aggregate", "archive_existing", "archive_run", "cpu_key", "cpu_model", "cpu_type",
-           "experiment_name", "gap_recovered", "load_run", "load_spec", "make_record", "mean_std", "method_order",
-           "over_naive", "over_reference", "overlay", "paired", "parse_summary", "plot", "plot_rows", "preset_spec",
-           "record_path", "rerun_roots", "reuse_plan", "run_all", "runs", "seeds_of", "set_dotted", "t975",
-           "table_markdown", "text_plot", "write_outputs", "write_overlay"]
+__all__ = ["METHOD_ORDER", "FORCE_MARKER", "aggregate", "archive_existing", "archive_run", "cpu_key", "cpu_model",
+           "cpu_type", "experiment_name", "gap_recovered", "load_run", "load_spec", "make_record", "mean_std",
+           "method_order", "over_naive", "over_reference", "overlay", "paired", "parse_summary", "plot", "plot_rows",
+           "preset_spec", "record_path", "rerun_roots", "reuse_plan", "run_all", "runs", "seeds_of", "set_dotted",
+           "t975", "table_markdown", "text_plot", "write_outputs", "write_overlay"]

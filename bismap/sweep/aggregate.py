@@ -47,7 +47,8 @@ def aggregate(spec: dict, results_root: str | os.PathLike = "results",
                     table["missing"].append(experiment_name(spec["prefix"], ablation, seed))
                 continue
             records.append((seed, rec))
-            table["runs"].append({**{k: rec.get(k) for k in ("experiment", "cpu", "commit", "date", "wall_s", "source")},
+            table["runs"].append({**{k: rec.get(k)
+                                     for k in ("experiment", "cpu", "commit", "date", "wall_s", "source")},
                                   "cpu_key": cpu_key(rec)})
         if records:
             table["ablations"][ablation] = _reduce(records)

@@ -102,7 +102,8 @@ def make_record(run_dir: Path, *, preset: str, ablation: str, seed: Any, wall_s:
     quality = {p.name: read_json(p) for p in sorted((run_dir / "labels").glob("*.quality.json"))}
     return {"record_version": RECORD_VERSION, "experiment": run_dir.name, "preset": preset, "ablation": ablation,
             "seed": seed, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit(archive),
-            "cpu": cpu_model(), "cpu_type": cpu_type(), "cores": cores, "wall_s": None if wall_s is None else round(float(wall_s), 1),
+            "cpu": cpu_model(), "cpu_type": cpu_type(), "cores": cores,
+            "wall_s": None if wall_s is None else round(float(wall_s), 1),
             "reused_from": reused_from, "summary": summary, "quality": quality}
 
 

@@ -91,7 +91,8 @@ def reuse_plan(spec: dict, ablation: str, seed: Any, snakemake: str, results_roo
         return None
     cfg = overlay(spec, ablation, seed)
     cfg["experiment"] = ref_exp
-    probe = write_overlay(cfg, Path(spec["out"]) / "configs" / f"probe_{experiment_name(spec['prefix'], ablation, seed)}.yaml")
+    probe = write_overlay(cfg, Path(spec["out"]) / "configs"
+                          / f"probe_{experiment_name(spec['prefix'], ablation, seed)}.yaml")
     cmd = snakemake_cmd(snakemake, spec, probe, ["--detailed-summary", "--nolock"])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -56,7 +56,8 @@ def _presets(p: Path, spec: dict) -> dict:
         entry.setdefault("ablations", list(spec["ablations"]))
         for key in ("seeds", "ablations", "configfiles"):
             if not isinstance(entry[key], list) or (key != "configfiles" and not entry[key]):
-                raise InputError(f"{p}: preset {name!r}: `{key}` must be a {'non-empty ' if key != 'configfiles' else ''}list")
+                raise InputError(f"{p}: preset {name!r}: "
+                                 f"`{key}` must be a {'non-empty ' if key != 'configfiles' else ''}list")
         unknown = [a for a in entry["ablations"] if a not in spec["ablations"]]
         if unknown:
             raise InputError(f"{p}: preset {name!r}: ablations {unknown} are not defined under `ablations`")
@@ -110,7 +111,8 @@ def overlay(spec: dict, ablation: str, seed: Any) -> dict:
     return cfg
 
 
-def runs(spec: dict, ablations: Sequence[str] | None = None, seeds: Sequence[Any] | None = None) -> list[tuple[str, Any]]:
+def runs(spec: dict, ablations: Sequence[str] | None = None,
+         seeds: Sequence[Any] | None = None) -> list[tuple[str, Any]]:
     names = list(spec.get("run_ablations") or spec["ablations"]) if not ablations else list(ablations)
     for name in names:
         if name not in spec["ablations"]:

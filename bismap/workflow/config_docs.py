@@ -93,7 +93,8 @@ def render(schema: dict) -> str:
         for key, typ, default, desc in rows(section, node, schema):
             if key == section and typ == "object":
                 continue
-            lines.append(f"| `{key}` | {_cell(typ)} | {_cell(default) and '`' + _cell(default) + '`'} | {_prose(desc)} |")
+            lines.append(f"| `{key}` | {_cell(typ)} | "
+                         f"{_cell(default) and '`' + _cell(default) + '`'} | {_prose(desc)} |")
         lines.append("")
     return "\n".join(lines)
 

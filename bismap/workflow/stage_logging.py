@@ -127,7 +127,8 @@ def stage_logging(smk: Any) -> Iterator[None]:
 
     `smk` is the `snakemake` object of a script. Before the stage runs, temporaries a killed earlier
     attempt left next to the rule's outputs are deleted (our naming pattern only). Warnings are
-    repeated on the console at the end, and training progress lines every `runtime.console_every_s`. An OS error (disk full, permission denied, read-only file
+    repeated on the console at the end, and training progress lines every `runtime.console_every_s`. \
+An OS error (disk full, permission denied, read-only file
     system, I/O error) becomes one line naming the path, the errno text and what to do. Any other
     exception keeps its traceback in the log (and Snakemake shows the log with --show-failed-logs)
     and also exits non-zero.

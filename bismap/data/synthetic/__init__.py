@@ -36,7 +36,8 @@ Config slice `synthetic` (every knob, with defaults in DEFAULTS):
   shift.ego_hood (0.07)       target ego-vehicle hood height (fraction of H; labelled void id 1)
 
 Modules: `config` (defaults, class ids, validation), `scene` (the layout: road, facades, objects,
-as a trainId map with per-instance colours), `suburb` (the suburb preset's layout), `appearance` (domain palettes and rendering:
+as a trainId map with per-instance colours), `suburb` (the suburb preset's layout), \
+`appearance` (domain palettes and rendering:
 texture, lighting, blur, noise), `writer` (one image per (seed, domain, index); the GTA5 and
 Cityscapes file layouts on disk).
 """
