@@ -14,7 +14,7 @@ rule naive_labels:
         target=target_spec("train", labels="none"),
         target_gt=target_gt_spec(),
         cfg=C("naive"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/naive_labels.log",
     benchmark:
@@ -44,10 +44,11 @@ rule naive_self_training:
         source=source_spec(),
         target=target_spec("train", labels=str(rules.naive_labels.output.out_dir)),
         model=C("model"),
-        train=train_cfg("naive_self_training"),
+        train=C("train"),
+        train_overrides=C("train_overrides/naive_self_training"),
         augment=C("augment"),
         cfg=C("naive_self_training"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/naive_self_training.log",
     benchmark:
@@ -74,9 +75,10 @@ if ORACLE:
         params:
             source=target_spec("train"),
             model=C("model"),
-            train=train_cfg("oracle"),
+            train=C("train"),
+            train_overrides=C("train_overrides/oracle"),
             augment=C("augment"),
-            data=data_cfg(),
+            data=C("data/normalize"),
         log:
             f"{LOGS}/oracle.log",
         benchmark:

@@ -20,25 +20,18 @@ def P(section, cfg):
 
 
 def C(dpath):
-    """One config slice, looked up by path (e.g. "stm" or "data/mean"), as a param of rules (P)."""
+    """One config slice, looked up by path (e.g. "stm/features" or "data/normalize"), as a param of rules (P)."""
     return P(dpath, lookup(dpath=dpath, within=config))
 
 
-# A rule's params are exactly the config keys its stage reads, so an edit reruns only the stages
-# whose result depends on it. The one pattern: `cfg=C("<section>")` when the stage reads every
-# key of its section, else `cfg=keys("<section>", <the keys it reads>)`. Speed-only knobs live
-# in `runtime`, which is no param: scripts pass snakemake.config["runtime"] to the stage.
-def keys(section, *names):
-    """The named keys of one config section (each looked up with C)."""
-    return P(section, {name: C(f"{section}/{name}") for name in names})
+# A rule's params are exactly the config sections its stage reads, each one `C("<section>")`: the schema
+# is shaped like the stages' contract (one section or sub-section per stage), so no rule reshapes config
+# and an edit reruns only the stages whose result depends on it. Keys that cannot change a stage's
+# result are marked in the schema (x-workflow, x-used-when, x-neutral-default; bismap.workflow.params).
+# Speed-only knobs live in `runtime`, which is no param: scripts pass snakemake.config["runtime"] to
+# the stage. Dataset specs (source_spec, target_spec) are the one other kind of param: a `data` section
+# joined with the folders the DAG makes (the synthetic benchmark, stylised images, label folders).
 
-
-STM_FEATURES_KEYS = ("extractor", "weights", "weights_key", "depth", "width_multiplier", "sk_ratio", "image_size",
-                     "mean", "std", "pool", "grid", "batch_size")
-STM_PROTOTYPES_KEYS = ("k", "kmeans_seed", "kmeans_n_init", "kmeans_max_iter", "kmeans_tol", "max_samples")
-STM_MAPS_KEYS = ("momentum", "entropy_bonus")
-# A round's result does not depend on how many rounds follow it.
-DISTILLATION_KEYS = ("init", "use_stm", "sce", "kd", "student_weights", "student_backbone")
 
 
 EXP = config["experiment"]
@@ -81,52 +74,9 @@ def res(stage):
     return out
 
 
-def synthetic_cfg():
-    """The generator's slice: `synthetic` without the workflow switch `enabled`."""
-    return P("synthetic", {k: v for k, v in C("synthetic").items() if k != "enabled"})
-
-
-def prototypes_cfg():
-    """`prototypes` without `normalize` while it is off, so the runs made before the key existed stay valid."""
-    cfg = dict(C("prototypes"))
-    if not cfg["normalize"]:
-        cfg.pop("normalize")
-    return P("prototypes", cfg)
-
-
-def with_alignment(section, cfg):
-    """`cfg` with its `align_prior` switch replaced by the `prior_alignment` settings when it is on,
-    and dropped when off, so runs made before the switch existed stay valid."""
-    if cfg.pop("align_prior"):
-        cfg["prior_alignment"] = P("prior_alignment",
-                                   {k: v for k, v in C("prior_alignment").items() if k != "source_images"})
-    return cfg
-
-
 def prior_input(section):
     """The source class prior as an input only when `<section>.align_prior` is on."""
     return {"prior": f"{RESULTS}/prototypes/source_prior.json"} if C(f"{section}/align_prior") else {}
-
-
-def pseudo_labels_cfg():
-    """`pseudo_labels`, with prior alignment resolved (with_alignment)."""
-    return P("pseudo_labels", with_alignment("pseudo_labels", dict(C("pseudo_labels"))))
-
-
-def teacher_labels_cfg():
-    """`teacher_labels` without the selection keys its `selection` ignores, so editing them reruns nothing."""
-    cfg = with_alignment("teacher_labels", dict(C("teacher_labels")))
-    if cfg["selection"] == "none":
-        cfg.pop("threshold")
-    if cfg["selection"] != "balanced":
-        for key in ("percentile", "sample_pixels", "seed"):
-            cfg.pop(key)
-    return P("teacher_labels", cfg)
-
-
-def stylize_cfg():
-    """The FDA stage's slice: `stylize` without `folder` (only the workflow reads that)."""
-    return P("stylize", {k: v for k, v in C("stylize").items() if k != "folder"})
 
 
 # The BiSMAP mainline (warm-up, STM and prototype chains, pseudo labels, self-training, teacher labels,
@@ -137,18 +87,6 @@ MAINLINE = 10
 
 def threads(stage):
     return C(f"resources/{stage}/threads")
-
-
-def train_cfg(stage):
-    """`train` with the stage's non-null `train_overrides` applied: the trainer's effective slice."""
-    merged = dict(C("train"))
-    merged.update({k: v for k, v in C(f"train_overrides/{stage}").items() if v is not None})
-    return P("train", merged)
-
-
-def data_cfg():
-    """The `data` slice stages read: normalisation only (dataset roots travel in specs)."""
-    return keys("data", "mean", "std")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,11 +221,11 @@ def print_summary():
 
 
 def stm_extractor_inputs(wildcards):
-    """The warm-up checkpoint, or the SimCLRv2 weights file when stm.extractor is simclr."""
-    if C("stm/extractor") == "simclr":
-        if not C("stm/weights"):
-            raise WorkflowError("Invalid config: `stm.weights` must be set when `stm.extractor` is simclr")
-        return {"weights": C("stm/weights")}
+    """The warm-up checkpoint, or the SimCLRv2 weights file when stm.features.extractor is simclr."""
+    if C("stm/features/extractor") == "simclr":
+        if not C("stm/features/weights"):
+            raise WorkflowError("Invalid config: `stm.features.weights` must be set when `stm.features.extractor` is simclr")
+        return {"weights": C("stm/features/weights")}
     return {"checkpoint": model_ckpt("warmup")}
 
 
@@ -337,12 +275,10 @@ def preflight_parts():
     }
     student = weights_input("student_weights", C("distillation/student_weights"))
     if student:
-        parts["student"] = {"model": model, "inputs": student,
-                            "student": {k: C(f"distillation/{k}") for k in ("student_backbone", "student_weights")}}
-    if C("stm/extractor") == "simclr" and C("stm/weights"):
-        parts["stm"] = {"stm": keys("stm", "extractor", "weights", "weights_key", "depth", "width_multiplier",
-                                    "sk_ratio"),
-                        "inputs": {"stm_weights": C("stm/weights")}}
+        parts["student"] = {"model": model, "inputs": student, "student": C("distillation")}
+    if C("stm/features/extractor") == "simclr" and C("stm/features/weights"):
+        parts["stm"] = {"stm": C("stm/features"),
+                        "inputs": {"stm_weights": C("stm/features/weights")}}
     return parts
 
 

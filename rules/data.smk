@@ -9,7 +9,7 @@ if SYNTHETIC:
             source_dir=directory(SYN_SOURCE),
             target_dir=directory(SYN_TARGET),
         params:
-            cfg=synthetic_cfg(),
+            cfg=C("synthetic"),
         log:
             f"{LOGS}/synthetic_data.log",
         benchmark:
@@ -36,7 +36,7 @@ if STYLIZE == "fda":
         params:
             source=source_raw_spec(),
             target=target_spec("train", labels="none"),
-            cfg=stylize_cfg(),
+            cfg=C("stylize"),
         log:
             f"{LOGS}/stylize.log",
         benchmark:

@@ -13,7 +13,7 @@ rule evaluate:
     params:
         target=target_spec("val"),
         cfg=C("evaluation"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/evaluate_{{model}}.log",
     benchmark:

@@ -12,7 +12,7 @@ rule source_features:
     params:
         source=source_spec(),
         cfg=C("source_features"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/source_features.log",
     benchmark:
@@ -34,7 +34,7 @@ rule fit_prototypes:
     output:
         out_path=f"{RESULTS}/prototypes/gmm.pt",
     params:
-        cfg=prototypes_cfg(),
+        cfg=C("prototypes"),
     log:
         f"{LOGS}/fit_prototypes.log",
     benchmark:
@@ -58,7 +58,7 @@ rule source_prior:
         out_json=f"{RESULTS}/prototypes/source_prior.json",
     params:
         source=source_raw_spec(),
-        cfg=keys("prior_alignment", "source_images"),
+        cfg=C("source_prior"),
     log:
         f"{LOGS}/source_prior.log",
     benchmark:
@@ -86,8 +86,9 @@ rule pseudo_labels:
     params:
         target=target_spec("train", labels="none"),
         target_gt=target_gt_spec(),
-        cfg=pseudo_labels_cfg(),
-        data=data_cfg(),
+        cfg=C("pseudo_labels"),
+        alignment=C("prior_alignment"),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/pseudo_labels.log",
     benchmark:

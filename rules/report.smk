@@ -33,7 +33,7 @@ rule report:
         source=source_spec(),
         cfg=C("report"),
         protocol=C("evaluation/protocol"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/report.log",
     benchmark:

@@ -12,7 +12,7 @@ rule class_entropy:
     params:
         source=source_spec(),
         cfg=C("class_entropy"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/class_entropy.log",
     benchmark:
@@ -39,8 +39,8 @@ rule stm_features:
     params:
         source=source_spec(),
         target=target_spec("train", labels="none"),
-        cfg=keys("stm", *STM_FEATURES_KEYS),
-        data=data_cfg(),
+        cfg=C("stm/features"),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/stm_features.log",
     benchmark:
@@ -62,7 +62,7 @@ rule stm_prototypes:
     output:
         out_path=f"{RESULTS}/stm/prototypes.pt",
     params:
-        cfg=keys("stm", *STM_PROTOTYPES_KEYS),
+        cfg=C("stm/prototypes"),
     log:
         f"{LOGS}/stm_prototypes.log",
     benchmark:
@@ -88,7 +88,7 @@ rule stm_maps:
         out_h5=f"{RESULTS}/stm/maps.h5",
     params:
         source=source_spec(),
-        cfg=keys("stm", *STM_MAPS_KEYS),
+        cfg=C("stm/maps"),
     log:
         f"{LOGS}/stm_maps.log",
     benchmark:

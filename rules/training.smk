@@ -18,10 +18,11 @@ rule self_training:
         source=source_spec(),
         target=target_spec("train", labels=str(rules.pseudo_labels.output.out_dir)),
         model=C("model"),
-        train=train_cfg("self_training"),
+        train=C("train"),
+        train_overrides=C("train_overrides/self_training"),
         augment=C("augment"),
         cfg=C("self_training"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/self_training.log",
     benchmark:
@@ -48,8 +49,9 @@ rule teacher_labels:
     params:
         target=target_spec("train", labels="none"),
         target_gt=target_gt_spec(),
-        cfg=teacher_labels_cfg(),
-        data=data_cfg(),
+        cfg=C("teacher_labels"),
+        alignment=C("prior_alignment"),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/teacher_labels_r{{r}}.log",
     benchmark:
@@ -81,10 +83,11 @@ rule distillation:
         source=source_spec(),
         target=lambda wildcards: target_spec("train", labels=f"{RESULTS}/labels/teacher_r{wildcards.r}"),
         model=C("model"),
-        train=train_cfg("distillation"),
+        train=C("train"),
+        train_overrides=C("train_overrides/distillation"),
         augment=C("augment"),
-        cfg=keys("distillation", *DISTILLATION_KEYS),
-        data=data_cfg(),
+        cfg=C("distillation"),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/distillation_r{{r}}.log",
     benchmark:

@@ -12,9 +12,10 @@ rule warmup:
     params:
         source=source_spec(),
         model=C("model"),
-        train=train_cfg("warmup"),
+        train=C("train"),
+        train_overrides=C("train_overrides/warmup"),
         augment=C("augment"),
-        data=data_cfg(),
+        data=C("data/normalize"),
     log:
         f"{LOGS}/warmup.log",
     benchmark:

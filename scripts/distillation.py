@@ -11,5 +11,6 @@ with stage_logging(smk):
     run(source=smk.params.source, target=smk.params.target, stm_maps=smk.input.get("stm_maps"),
         teacher_checkpoint=smk.input.teacher_checkpoint,
         init_checkpoint=smk.input.get("init_checkpoint"), out_checkpoint=smk.output.checkpoint,
-        model=smk.params.model, train=smk.params.train, augment=smk.params.augment, cfg=smk.params.cfg,
+        model=smk.params.model, train=smk.params.train,
+        train_overrides=smk.params.train_overrides, augment=smk.params.augment, cfg=smk.params.cfg,
         data=smk.params.data, runtime=smk.config["runtime"], threads=smk.threads)

@@ -10,4 +10,5 @@ with stage_logging(smk):
 
     run(checkpoint=smk.input.checkpoint, target=smk.params.target, target_gt=smk.params.target_gt,
         out_dir=smk.output.out_dir, out_quality=smk.output.out_quality, cfg=smk.params.cfg, data=smk.params.data,
-        runtime=smk.config["runtime"], threads=smk.threads, prior=smk.input.get("prior"))
+        runtime=smk.config["runtime"], threads=smk.threads, prior=smk.input.get("prior"),
+        alignment=smk.params.alignment)

@@ -9,5 +9,6 @@ with stage_logging(smk):
     from bismap.stages.warmup import run
 
     run(source=smk.params.source, out_checkpoint=smk.output.checkpoint, model=smk.params.model,
-        train=smk.params.train, augment=smk.params.augment, data=smk.params.data,
+        train=smk.params.train,
+        train_overrides=smk.params.train_overrides, augment=smk.params.augment, data=smk.params.data,
         runtime=smk.config["runtime"], threads=smk.threads)

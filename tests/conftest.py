@@ -76,14 +76,17 @@ def schema_defaults(section: str, **overrides: Any) -> dict:
     An override of a key the schema does not have is an error: a test must not pass a key no
     stage reads.
     """
-    props = _schema()["properties"]
-    if section not in props:
-        raise KeyError(f"no section {section!r} in configs/schema.yaml")
-    node = _resolve(props[section])
+    entry = {"properties": _schema()["properties"]}
+    for part in section.split("/"):  # a sub-section such as "stm/features"
+        props = _resolve(entry).get("properties", {})
+        if part not in props:
+            raise KeyError(f"no section {section!r} in configs/schema.yaml")
+        entry = props[part]
+    node = _resolve(entry)
     unknown = set(overrides) - set(node.get("properties", {}))
     if unknown:
         raise KeyError(f"{section}: keys {sorted(unknown)} are not in configs/schema.yaml")
-    return _merge(_filled(node, props[section].get("default", {})), overrides)
+    return _merge(_filled(node, entry.get("default", {})), overrides)
 
 
 RUNTIME = schema_defaults("runtime", device="cpu", workers=0)

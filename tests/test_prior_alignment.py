@@ -82,11 +82,11 @@ def test_source_prior_counts_labelled_pixels(tmp_path) -> None:
 
     spec = write_gta(tmp_path / "gta", [_gta_scene(4), _gta_scene(2), _gta_scene(6)])
     out = tmp_path / "prior.json"
-    source_prior.run(source=spec, out_json=out, cfg={"source_images": None})
+    source_prior.run(source=spec, out_json=out, cfg={"images": None})
     obj = json.loads(out.read_text())
     assert obj["images"] == 3 and obj["pixels"][ROAD] == 120 and obj["pixels"][POLE] == 60
     assert sum(obj["pixels"]) == 180 and read_prior(out)[ROAD] == pytest.approx(2 / 3)
-    source_prior.run(source=spec, out_json=out, cfg={"source_images": 2})  # first and last image
+    source_prior.run(source=spec, out_json=out, cfg={"images": 2})  # first and last image
     assert json.loads(out.read_text())["pixels"][ROAD] == 100
 
 
@@ -101,30 +101,29 @@ def test_aligned_teacher_labels_follow_the_source_prior(tmp_path) -> None:
     prior = tmp_path / "prior.json"
     prior.write_text(json.dumps({"format": PRIOR_FORMAT, "pixels": (1000 * _prior(0.9, 0.1)).tolist()}))
     cfg = schema_defaults("teacher_labels", selection="none", adabn={"enabled": False})
-    cfg.pop("align_prior")
+    cfg["align_prior"] = False
     runtime = {**RUNTIME, "workers": 0}
     out_dir, quality = tmp_path / "tl", tmp_path / "tl.json"
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
                        out_quality=quality, cfg=cfg, data=DATA, runtime=runtime)
     assert json.loads(quality.read_text())["coverage_per_class"]["pole"] == 1.0
     settings = schema_defaults("prior_alignment", strength=1.0, iterations=20, sample_pixels=1000, seed=0)
-    settings.pop("source_images")  # the workflow's with_alignment passes the rest
-    aligned = {**cfg, "prior_alignment": settings}
+    aligned = {**cfg, "align_prior": True}
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
-                       out_quality=quality, cfg=aligned, data=DATA, runtime=runtime, prior=prior)
+                       out_quality=quality, cfg=aligned, data=DATA, runtime=runtime, prior=prior, alignment=settings)
     q = json.loads(quality.read_text())
     assert q["coverage_per_class"]["road"] == 1.0 and len(q["prior_offset"]) == 19
     assert q["prior_alignment"]["aimed_prior"]["road"] == pytest.approx(0.9)
     assert "total_variation_to_truth" not in q["prior_alignment"]  # no target-train labels
-    estimated = {**aligned, "prior_alignment": {**settings, "target": "estimated"}}
     teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
-                       out_quality=quality, cfg=estimated, data=DATA, runtime=runtime, prior=prior)
+                       out_quality=quality, cfg=aligned, data=DATA, runtime=runtime, prior=prior,
+                       alignment={**settings, "target": "estimated"})
     report = json.loads(quality.read_text())["prior_alignment"]
     assert report["target"] == "estimated" and report["em_iterations"] >= 1
     assert report["aimed_prior"]["pole"] > 0.1  # the network says pole everywhere: the EM moves towards it
     with pytest.raises(InputError, match="no source class prior"):
         teacher_labels.run(checkpoint=ckpt, target={**tgt, "labels": "none"}, target_gt=None, out_dir=out_dir,
-                           out_quality=quality, cfg=aligned, data=DATA, runtime=runtime)
+                           out_quality=quality, cfg=aligned, data=DATA, runtime=runtime, alignment=settings)
 
 
 def test_the_source_prior_job_exists_only_when_a_stage_aligns(module_dir) -> None:

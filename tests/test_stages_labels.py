@@ -291,10 +291,9 @@ def test_label_stages_write_the_same_labels_with_and_without_the_replay(tiny, co
     prior = tmp_path / "prior.json"
     prior.write_text(json.dumps({"format": "bismap-class-prior/1", "pixels": [1000 - 40 * c for c in range(19)]}))
     balanced = {"scales": [1.0], "flip": True, "adabn": NO_ADABN, "selection": "balanced", "threshold": 0.9,
-                "percentile": 50.0, "sample_pixels": None, "seed": 0}
+                "percentile": 50.0, "sample_pixels": None, "seed": 0, "align_prior": False}
     settings = schema_defaults("prior_alignment", strength=1.0, iterations=3, sample_pixels=500, seed=0)
-    settings.pop("source_images")  # the workflow's with_alignment passes the rest
-    aligned = {**balanced, "prior_alignment": settings}
+    aligned = {**balanced, "align_prior": True}
     naive_cfg = schema_defaults("naive", selection="balanced", percentile=50.0, sample_pixels=None, adabn=NO_ADABN)
     written: dict = {}
     for cache_mb in (0, 64):
@@ -303,16 +302,16 @@ def test_label_stages_write_the_same_labels_with_and_without_the_replay(tiny, co
             forwards.clear()
             teacher_labels.run(checkpoint=ckpt, target=tgt, target_gt=tgt_gt, out_dir=tmp_path / f"{name}{cache_mb}",
                                out_quality=tmp_path / f"{name}{cache_mb}.json", cfg=cfg, data=DATA, runtime=runtime,
-                               prior=prior)
+                               prior=prior, alignment=settings)
             assert len(forwards) == (passes if cache_mb == 0 else 1)
         naive_labels.run(checkpoint=ckpt, target=tgt, target_gt=tgt_gt, out_dir=tmp_path / f"naive{cache_mb}",
                          out_quality=tmp_path / f"naive{cache_mb}.json", cfg=naive_cfg, data=DATA, runtime=runtime)
         forwards.clear()
         pseudo_labels.run(checkpoint=ckpt, prototypes=gmm, target=tgt, target_gt=tgt_gt,
                           out_dir=tmp_path / f"pseudo{cache_mb}", out_quality=tmp_path / f"pseudo{cache_mb}.json",
-                          data=DATA, runtime=runtime, prior=prior,
-                          cfg={**schema_defaults("pseudo_labels", rule="agree", selection="balanced", percentile=50.0,
-                                                 adabn=NO_ADABN), "prior_alignment": aligned["prior_alignment"]})
+                          data=DATA, runtime=runtime, prior=prior, alignment=settings,
+                          cfg=schema_defaults("pseudo_labels", rule="agree", selection="balanced", percentile=50.0,
+                                              adabn=NO_ADABN, align_prior=True))
         assert len(forwards) == 4 * (3 if cache_mb == 0 else 1)   # alignment, thresholds, labels: 4 images each
         names = ("balanced", "aligned", "naive", "pseudo")
         written[cache_mb] = {f"{name}/{p.name}": p.read_bytes() for name in names

@@ -131,8 +131,12 @@ def test_class_bonus_and_clip() -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
-def _stm_cfg(**kw) -> dict:
-    return schema_defaults("stm", **{"image_size": [32, 64], "grid": [2, 2], "k": 3, "batch_size": 2, **kw})
+def _stm_cfg(**kw) -> dict[str, dict]:
+    """The three `stm` sub-sections (one per stage) at test sizes, each key of `kw` set where it lives."""
+    parts = {part: schema_defaults(f"stm/{part}") for part in ("features", "prototypes", "maps")}
+    for key, value in {"image_size": [32, 64], "grid": [2, 2], "k": 3, "batch_size": 2, **kw}.items():
+        next(p for p in parts.values() if key in p)[key] = value
+    return parts
 
 
 def _pipeline(tmp_path: Path, src: dict, tgt: dict, ckpt: Path, tag: str, **cfg) -> Path:
@@ -140,12 +144,13 @@ def _pipeline(tmp_path: Path, src: dict, tgt: dict, ckpt: Path, tag: str, **cfg)
 
     feats, protos, ent, maps = (tmp_path / f"{tag}{s}" for s in ("f.h5", "k.pt", "e.json", "m.h5"))
     c = _stm_cfg(**cfg)
-    stm_features.run(source=src, target=tgt, out_h5=feats, cfg=c, checkpoint=ckpt, data=DATA, runtime=RUNTIME)
-    stm_prototypes.run(features_h5=feats, out_path=protos, cfg=c, runtime=RUNTIME)
+    stm_features.run(source=src, target=tgt, out_h5=feats, cfg=c["features"], checkpoint=ckpt, data=DATA,
+                     runtime=RUNTIME)
+    stm_prototypes.run(features_h5=feats, out_path=protos, cfg=c["prototypes"], runtime=RUNTIME)
     class_entropy.run(checkpoint=ckpt, source=src, out_json=ent,
                       cfg=schema_defaults("class_entropy", mode="official_gta5"),
                       data=DATA, runtime=RUNTIME)
-    stm_maps.run(features_h5=feats, prototypes=protos, class_entropy_json=ent, source=src, out_h5=maps, cfg=c)
+    stm_maps.run(features_h5=feats, prototypes=protos, class_entropy_json=ent, source=src, out_h5=maps, cfg=c["maps"])
     return maps
 
 
@@ -194,7 +199,7 @@ def test_stm_maps_order_independent(tmp_path) -> None:
             f.attrs["grid"] = [2, 2]
         out = tmp_path / f"{tag}m.h5"
         stm_maps.run(features_h5=fh, prototypes=tmp_path / "k.pt", class_entropy_json=None, source=src, out_h5=out,
-                     cfg=schema_defaults("stm", momentum=0.5, entropy_bonus=False))
+                     cfg=schema_defaults("stm/maps", momentum=0.5, entropy_bonus=False))
         with h5py.File(out, "r") as f:
             outs.append({n: f[f"maps/{n}"][()] for n in names})
     for n in names:
@@ -202,11 +207,11 @@ def test_stm_maps_order_independent(tmp_path) -> None:
     with pytest.raises(InputError, match="k.pt"):
         (tmp_path / "k.pt").write_bytes(b"junk")
         stm_maps.run(features_h5=tmp_path / "s.h5", prototypes=tmp_path / "k.pt", class_entropy_json=None,
-                     source=src, out_h5=tmp_path / "x.h5", cfg=schema_defaults("stm", entropy_bonus=False))
+                     source=src, out_h5=tmp_path / "x.h5", cfg=schema_defaults("stm/maps", entropy_bonus=False))
 
 
 def test_simclr_extractor_path(tmp_path) -> None:
-    """stm.extractor simclr: SimCLRResNet + load_pretrained(key 'resnet'), [0,1] input."""
+    """stm.features.extractor simclr: SimCLRResNet + load_pretrained(key 'resnet'), [0,1] input."""
     from bismap.models.simclr import SimCLRResNet
     from bismap.stages import stm_features
 
@@ -214,11 +219,12 @@ def test_simclr_extractor_path(tmp_path) -> None:
     torch.save({"resnet": net.state_dict()}, tmp_path / "r50.pth")
     src, tgt = make_gta(tmp_path / "gta", 1), make_cityscapes(tmp_path / "cs", 1)
     out = tmp_path / "f.h5"
-    cfg = schema_defaults("stm", extractor="simclr", weights=str(tmp_path / "r50.pth"), depth=50, sk_ratio=0.0,
+    cfg = schema_defaults("stm/features", extractor="simclr", weights=str(tmp_path / "r50.pth"), depth=50, sk_ratio=0.0,
                           image_size=[32, 64], grid=[1, 2])
     stm_features.run(source=src, target=tgt, out_h5=out, cfg=cfg, data=DATA, runtime=RUNTIME)
     with h5py.File(out, "r") as f:
         assert f["source"].shape == (1, 2, 2048)
-    with pytest.raises(InputError, match="stm.weights"):
-        stm_features.run(source=src, target=tgt, out_h5=out, cfg=schema_defaults("stm", extractor="simclr"), data=DATA,
+    with pytest.raises(InputError, match="stm.features.weights"):
+        stm_features.run(source=src, target=tgt, out_h5=out, cfg=schema_defaults("stm/features", extractor="simclr"),
+                         data=DATA,
                          runtime=RUNTIME)

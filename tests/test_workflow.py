@@ -139,7 +139,8 @@ def test_gpu_resource_follows_use_gpu(wf, tmp_path):
     ("foo: 1\n", "unknown key foo"),
     ("train: {iteratons: 5}\n", "unknown key train.iteratons"),
     ("train: {log_every: 5}\n", "unknown key train.log_every"),  # moved to runtime
-    ("stm: {k: many}\n", "stm.k: 'many' is not of type 'integer'"),
+    ("stm: {prototypes: {k: many}}\n", "stm.prototypes.k: 'many' is not of type 'integer'"),
+    ("stm: {k: 4}\n", "unknown key stm.k (not in configs/schema.yaml) (stm.k is now stm.prototypes.k"),  # moved
     ("train_overrides: {distillation: {lr: -1}}\n", "train_overrides.distillation.lr"),
     ("stylize: {method: cyclegan}\n", "stylize.method"),
     ("experiment: '..'\n", "experiment: '..' does not match"),   # would write into the project root
@@ -250,14 +251,14 @@ EXACT_RERUNS = [
     ("pseudo_labels: {percentile: 40.0}\n",
      {"pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3, "report": 1,
       "all": 1}),
-    # A prior-alignment key: both label stages that align and what follows them; the source prior
-    # itself reads only `source_images`.
+    # A prior-alignment key: both label stages that align and what follows them; not the source
+    # prior (its own section, `source_prior`).
     ("prior_alignment: {strength: 0.5}\n",
      {"pseudo_labels": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3, "report": 1,
       "all": 1}),
     # A k-means key of the STM: prototypes, maps and what they feed; not the grid features
-    # (each STM rule gets only the `stm` keys its stage reads).
-    ("stm: {k: 4}\n",
+    # (each STM rule gets only its own sub-section of `stm`).
+    ("stm: {prototypes: {k: 4}}\n",
      {"stm_prototypes": 1, "stm_maps": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2, "evaluate": 3,
       "report": 1, "all": 1}),
     # Speed-only knobs live in `runtime`, which is no param: nothing reruns.
@@ -266,6 +267,9 @@ EXACT_RERUNS = [
     # One more distillation round: that round's labels, training and evaluation, and the report;
     # rounds 1 and 2 do not depend on how many rounds follow them.
     ("distillation: {rounds: 3}\n", {"teacher_labels": 1, "distillation": 1, "evaluate": 1, "report": 1, "all": 1}),
+    # One stage's train override: that stage and what follows it.
+    ("train_overrides: {distillation: {lr: 0.005}}\n", {"distillation": 2, "teacher_labels": 1, "evaluate": 2,
+                                                       "report": 1, "all": 1}),
     # A report key touches only the report.
     ("report: {samples: 1}\n", {"report": 1, "all": 1}),
     # A teacher-label key: both rounds' labels (round 2's teacher is round 1's student), both rounds.
@@ -277,8 +281,8 @@ EXACT_RERUNS = [
     # Another val split: its preflight part and every evaluation, no training.
     ("data: {target: {val_split: train}}\n", {"preflight": 1, "evaluate": 6, "report": 1, "all": 1}),
     # A rerun preflight part never hides other reruns (an ancient() edge to one preflight for
-    # everything did: Snakemake then skipped every job downstream of it, stm.k edit included).
-    ("data: {target: {val_split: train}}\nstm: {k: 4}\n",
+    # everything did: Snakemake then skipped every job downstream of it, stm.prototypes.k edit included).
+    ("data: {target: {val_split: train}}\nstm: {prototypes: {k: 4}}\n",
      {"preflight": 1, "stm_prototypes": 1, "stm_maps": 1, "self_training": 1, "teacher_labels": 2, "distillation": 2,
       "evaluate": 6, "report": 1, "all": 1}),
 ]

@@ -38,13 +38,33 @@ def test_a_slice_pickles_to_a_plain_dict():
     assert copy.deepcopy(param) == param
 
 
-def test_the_real_schema_slices_keep_their_repr():
-    """No key of today's schema is neutral unless marked: every existing slice's repr is a plain dict's,
-    so results made before this wrapper existed keep their params."""
+def test_workflow_switches_are_left_out_and_unused_keys_hidden():
+    root = {"properties": {"section": {"type": "object", "properties": {
+        "rounds": {"type": "integer", "default": 2, "x-workflow": True},
+        "mode": {"type": "string", "default": "a"},
+        "only_b": {"type": "number", "default": 0.5, "x-used-when": {"mode": ["b"]}}}}}}
+    node = schema_node(root, "section")
+    param = as_param({"rounds": 2, "mode": "a", "only_b": 0.7}, node, root)
+    assert param == {"mode": "a", "only_b": 0.7}          # no stage receives the workflow switch
+    assert repr(param) == repr({"mode": "a"})              # editing only_b under mode a reruns nothing
+    assert repr(as_param({"rounds": 5, "mode": "b", "only_b": 0.7}, node, root)) == repr({"mode": "b", "only_b": 0.7})
+
+
+def test_the_real_schema_slices_hide_only_marked_keys():
+    """A key of the schema is hidden from Snakemake only when marked: every other key of a slice
+    is in its repr, so an edit of it reruns the stage."""
     root = yaml.safe_load((REPO / "configs" / "schema.yaml").read_text())
-    for section in ("train", "pseudo_labels", "teacher_labels", "evaluation", "model", "stm", "synthetic"):
+    for section in ("train", "pseudo_labels", "teacher_labels", "evaluation", "model", "stm/features",
+                    "stm/prototypes", "synthetic", "distillation", "prior_alignment"):
         value = schema_defaults(section)
-        param = as_param(value, schema_node(root, section), root)
+        node = schema_node(root, section)
+        param = as_param(value, node, root)
         assert isinstance(param, ParamSlice)
-        hidden = [k for k, node in root["properties"][section]["properties"].items() if node.get("x-neutral-default")]
-        assert repr(param) == repr({k: v for k, v in value.items() if k not in hidden})
+        props = node["properties"]
+        workflow = {k for k, n in props.items() if n.get("x-workflow")}
+        neutral = {k for k, n in props.items() if n.get("x-neutral-default")}
+        unused = {k for k, n in props.items()
+                  if any(value[key] not in allowed for key, allowed in n.get("x-used-when", {}).items())}
+        assert set(param) == set(value) - workflow
+        assert repr(param) == repr({k: v for k, v in value.items() if k not in workflow | neutral | unused})
+    assert "rounds" not in as_param(schema_defaults("distillation"), schema_node(root, "distillation"), root)

@@ -44,7 +44,7 @@ def run(n_images: int = 32, step_s_per_it: float | None = None, batch: int | Non
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ds = SegmentationFolder(_write_images(Path(tmp), n_images, cfg), read_trainid_png)
-        mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+        mean, std = cfg["data"]["normalize"]["mean"], cfg["data"]["normalize"]["std"]
         for i in range(len(ds)):  # warm the file cache: reading, not the disk, is measured
             ds[i]
         for view, strong in (("weak (source)", None), ("weak + strong (target)", cfg["self_training"]["strong"])):

@@ -59,7 +59,7 @@ def run_one(size: tuple[int, int], feature_dim: int, k: int = 8, repeats: int = 
     mcfg = {**cfg["model"], "decoder_channels": int(feature_dim)}
     torch.manual_seed(seed)
     model = build_model(mcfg).eval()
-    mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+    mean, std = cfg["data"]["normalize"]["mean"], cfg["data"]["normalize"]["std"]
     rng = np.random.default_rng(seed)
     item = {"image": rng.integers(0, 256, (*size, 3), dtype=np.uint8)}
     x = to_input([item], mean, std, torch.device("cpu"))

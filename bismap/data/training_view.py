@@ -41,7 +41,7 @@ class TrainingView(Dataset):
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise InputError(f"data.mean/data.std: need 3 values each and std > 0, got {self.mean} / {self.std}")
+            raise InputError(f"data.normalize.mean/std: need 3 values each and std > 0, got {self.mean} / {self.std}")
         self.weight_maps = Path(weight_maps) if weight_maps is not None else None
         if self.weight_maps is not None and not self.weight_maps.is_file():
             raise InputError(f"{self.weight_maps}: weight-map HDF5 not found")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from bismap.engine.fingerprint import fingerprint, path_signature, spec_signature
 from bismap.engine.stage_setup import (
     build_seeded_model,
     build_stream,
@@ -23,9 +22,8 @@ from bismap.engine.stage_setup import (
     derive_seed,
     init_from_checkpoint,
     model_config,
-    normalisation,
-    setup_device,
 )
+from bismap.engine.stage_training import begin, train_stage
 from bismap.engine.steps import source_and_target_losses
 from bismap.io import InputError
 
@@ -47,8 +45,6 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
     kd = cfg["kd"]
     kd_weight = float(kd["weight"])
     variant = str(kd["variant"])
-    if variant not in ("kl", "original"):
-        raise InputError(f"config: `{SECTION}.kd.variant` must be 'kl' or 'original', got {variant!r}")
 
     def loss_fn(ctx):
         if kd_weight != 0.0:  # the teacher's forward runs on the side thread meanwhile
@@ -64,18 +60,22 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
 
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_checkpoint: str | Path,
-        out_checkpoint: str | Path, model: dict, train: dict, augment: dict, cfg: dict, data: dict, runtime: dict,
-        threads: int = 1, init_checkpoint: str | Path | None = None) -> None:
+        out_checkpoint: str | Path, model: dict, train: dict, train_overrides: dict | None = None, augment: dict,
+        cfg: dict, data: dict, runtime: dict, threads: int = 1, init_checkpoint: str | Path | None = None) -> None:
     """Distil the frozen teacher into a student (fresh, a copy of the teacher, or the warm-up at
     `init_checkpoint`); writes the final-iteration checkpoint."""
-    from bismap.engine import checkpoint, trainer
+    args = dict(locals())  # first: the arguments alone, from which the resume fingerprint derives
+    from bismap.engine import checkpoint
 
-    device = setup_device(threads, runtime)
-    seed = int(train["seed"])
-    use_stm = bool(cfg["use_stm"])
-    if use_stm and stm_maps is None:
+    device, train, seed = begin(args)
+    if cfg["use_stm"] and stm_maps is None:
         raise InputError(f"{SECTION}: `use_stm` is true but no STM maps file was given")
-    stm = stm_maps if use_stm else None
+    init = cfg["init"]
+    if init != "fresh" and (cfg["student_weights"] or cfg["student_backbone"]):
+        raise InputError(f"config: `{SECTION}.init: {init}` copies a trained model, so `student_weights` and "
+                         "`student_backbone` must be null (use `init: fresh` for a SimCLR student)")
+    if init == "warmup" and init_checkpoint is None:
+        raise InputError(f"{SECTION}: `init` is 'warmup' but no warm-up checkpoint was given")
 
     teacher = checkpoint.load_model(str(teacher_checkpoint), device=device, which="model")
     teacher.eval()
@@ -83,33 +83,15 @@ def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_chec
         p.requires_grad_(False)
 
     src_view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"),
-                                 weight_maps=stm)
+                          weight_maps=stm_maps if cfg["use_stm"] else None)
     tgt_view = build_view(target, augment, data, seed=derive_seed(seed, "target-view"))
     streams = {
         "source": build_stream(src_view, train, runtime, seed=derive_seed(seed, "source-stream")),
         "target": build_stream(tgt_view, train, runtime, seed=derive_seed(seed, "target-stream")),
     }
-    init = str(cfg["init"])
-    if init not in ("fresh", "teacher", "warmup"):
-        raise InputError(f"config: `{SECTION}.init` must be 'fresh', 'teacher' or 'warmup', got {init!r}")
-    if init != "fresh" and (cfg["student_weights"] or cfg["student_backbone"]):
-        raise InputError(f"config: `{SECTION}.init: {init}` copies a trained model, so `student_weights` and "
-                         "`student_backbone` must be null (use `init: fresh` for a SimCLR student)")
-    if init == "warmup" and init_checkpoint is None:
-        raise InputError(f"{SECTION}: `init` is 'warmup' but no warm-up checkpoint was given")
     student_cfg = student_model_config(model, cfg)
     net = build_seeded_model(student_cfg, seed)
-    if init == "teacher":
-        init_from_checkpoint(net, teacher_checkpoint, stage=SECTION)
-    elif init == "warmup":
-        init_from_checkpoint(net, init_checkpoint, stage=SECTION)
-    warm_start = {"init": path_signature(init_checkpoint)} if init == "warmup" else {}
-    fp = fingerprint(stage="distillation", source=spec_signature(source), target=spec_signature(target),
-                     stm=path_signature(stm), teacher=path_signature(teacher_checkpoint), model=student_cfg,
-                     train=train, augment=augment, cfg=cfg, data=data, **warm_start)
-    trainer.fit(model=net, loss_fn=make_loss_fn(cfg, teacher), streams=streams,
-                train_cfg=train, out_checkpoint=Path(out_checkpoint), fingerprint=fp,
-                **trainer.runtime_options(runtime),
-                ema_decay=None, device=device,
-                model_config=student_cfg, extra_state={"data": normalisation(data)},
-                side_thread=runtime["side_thread"])
+    if init in ("teacher", "warmup"):
+        init_from_checkpoint(net, teacher_checkpoint if init == "teacher" else init_checkpoint, stage=SECTION)
+    train_stage(SECTION, args, net=net, loss_fn=make_loss_fn(cfg, teacher), streams=streams, device=device,
+                model_config=student_cfg, side_thread=True)

@@ -110,7 +110,7 @@ def weights_to_check(model: dict, student: dict, stm: dict) -> dict[str, dict]:
             cfg["backbone"] = student["student_backbone"]
         out["distillation.student_weights"] = {"kind": "model", "file": str(s_weights), "model": cfg}
     if stm.get("extractor") == "simclr" and is_file(stm.get("weights")):
-        out["stm.weights"] = {"kind": "simclr", "file": str(stm["weights"]), "stm": dict(stm)}
+        out["stm.features.weights"] = {"kind": "simclr", "file": str(stm["weights"]), "stm": dict(stm)}
     return out
 
 

@@ -84,8 +84,6 @@ def gmm_predictor(model, gmms: dict[int, DiagonalGMM], *, mean, std, device, fli
     allowed = dict(gmms) if classes is None else {c: g for c, g in gmms.items() if c in set(classes)}
     if not allowed:
         raise InputError(f"config: pseudo_labels.classes {classes} has no class with a fitted GMM")
-    if rule not in ("gmm", "agree", "network"):
-        raise InputError(f"config: pseudo_labels.rule must be 'gmm', 'agree' or 'network', got {rule!r}")
     need_logits = rule != "gmm" or score == "confidence"
     mask = None if logit_offset is None else logit_offset.to(device=device, dtype=torch.float32)
     if need_logits and classes is not None:
@@ -163,9 +161,10 @@ def reusing(predict: Predictor, kept: dict) -> Predictor:
 
 def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target: dict, target_gt: dict | None,
         out_dir: str | os.PathLike, out_quality: str | os.PathLike, cfg: dict, data: dict, runtime: dict,
-        threads: int = 1, prior: str | os.PathLike | None = None) -> None:
+        threads: int = 1, prior: str | os.PathLike | None = None, alignment: dict | None = None) -> None:
     """Write `<out_dir>/<image file name>` pseudo labels (255 = rejected) and the quality json.
-    `prior`: the source class prior file, needed when `cfg` holds `prior_alignment` settings."""
+    `alignment`: the `prior_alignment` section, applied when `cfg.align_prior` is on (with `prior`, the
+    source class prior file)."""
     device = setup_device(threads, runtime)
     mean, std = mean_std(data)
     gmms, meta = load_prototypes(prototypes, device=device)
@@ -179,11 +178,11 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
                                                                           ("confidence", "balanced"))
     rule = str(cfg["rule"])
     kept: dict = {}   # the alignment's forward pass, reused by the first labelling pass while it fits
-    alignment: dict = {}
-    offset = offset_for(cfg.get("prior_alignment"), prior,
+    record: dict = {}
+    offset = offset_for(alignment if cfg["align_prior"] else None, prior,
                         lambda: network_logits(model, ds, mean, std, device, bool(cfg["flip"]), kept,
                                                float(runtime["label_cache_mb"])),
-                        len(ds), classes=cfg["classes"], stage="pseudo_labels", record=alignment)
+                        len(ds), classes=cfg["classes"], stage="pseudo_labels", record=record)
     predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
                             chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
                             rule=rule, score="confidence" if mode in ("confidence", "balanced") else "loglik",
@@ -193,4 +192,4 @@ def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target:
     label_target(ds=ds, gt_ds=gt_ds, predict=reusing(predict, kept), out_dir=out_dir, out_quality=out_quality,
                  mode=mode, threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
                  stage="pseudo_labels", cache_mb=float(runtime["label_cache_mb"]),
-                 min_coverage=float(runtime["min_label_coverage"]), alignment=alignment)
+                 min_coverage=float(runtime["min_label_coverage"]), alignment=record)

@@ -18,16 +18,8 @@ from typing import Iterator
 
 import torch
 
-from bismap.engine.fingerprint import fingerprint, path_signature, spec_signature
-from bismap.engine.stage_setup import (
-    build_seeded_model,
-    build_stream,
-    build_view,
-    derive_seed,
-    init_from_checkpoint,
-    normalisation,
-    setup_device,
-)
+from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, init_from_checkpoint
+from bismap.engine.stage_training import begin, train_stage
 from bismap.engine.steps import source_and_target_losses
 from bismap.io import InputError
 
@@ -88,44 +80,28 @@ def make_loss_fn(cfg: dict):
 
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoint: str | Path, model: dict,
-        train: dict, augment: dict, cfg: dict, data: dict, runtime: dict, threads: int = 1,
-        init_checkpoint: str | Path | None = None) -> None:
+        train: dict, train_overrides: dict | None = None, augment: dict, cfg: dict, data: dict, runtime: dict,
+        threads: int = 1, init_checkpoint: str | Path | None = None) -> None:
     """Self-train `model` (fresh, or the warm-up checkpoint when `init: warmup`) on source + target
     pseudo labels; writes the final checkpoint."""
-    from bismap.engine import trainer
-
-    device = setup_device(threads, runtime)
-    seed = int(train["seed"])
-    use_stm = bool(cfg["use_stm"])
-    cons = cfg["consistency"]
+    args = dict(locals())  # first: the arguments alone, from which the resume fingerprint derives
+    device, train, seed = begin(args)
     use_consistency = consistency_enabled(cfg)
-    if use_stm and stm_maps is None:
+    if cfg["use_stm"] and stm_maps is None:
         raise InputError("self_training: `use_stm` is true but no STM maps file was given")
-    stm = stm_maps if use_stm else None
+    if cfg["init"] == "warmup" and init_checkpoint is None:
+        raise InputError("self_training: `init` is 'warmup' but no warm-up checkpoint was given")
 
     src_view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"),
-                                 weight_maps=stm)
+                          weight_maps=stm_maps if cfg["use_stm"] else None)
     tgt_view = build_view(target, augment, data, seed=derive_seed(seed, "target-view"),
-                                 strong=cfg["strong"] if use_consistency else None)
+                          strong=cfg["strong"] if use_consistency else None)
     streams = {
         "source": build_stream(src_view, train, runtime, seed=derive_seed(seed, "source-stream")),
         "target": build_stream(tgt_view, train, runtime, seed=derive_seed(seed, "target-stream")),
     }
-    init = str(cfg["init"])
-    if init not in ("fresh", "warmup"):
-        raise InputError(f"config: `self_training.init` must be 'fresh' or 'warmup', got {init!r}")
-    if init == "warmup" and init_checkpoint is None:
-        raise InputError("self_training: `init` is 'warmup' but no warm-up checkpoint was given")
-    init_ckpt = init_checkpoint if init == "warmup" else None
     net = build_seeded_model(model, seed)
-    if init_ckpt is not None:
-        init_from_checkpoint(net, init_ckpt, stage="self_training")
-    fp = fingerprint(stage="self_training", init=path_signature(init_ckpt), source=spec_signature(source),
-                            target=spec_signature(target), stm=path_signature(stm), model=model,
-                            train=train, augment=augment, cfg=cfg,
-                            data=data)
-    ema_decay = float(cons["ema_decay"]) if use_consistency else None
-    trainer.fit(model=net, loss_fn=make_loss_fn(cfg), streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, **trainer.runtime_options(runtime),
-                ema_decay=ema_decay, device=device,
-                model_config=model, extra_state={"data": normalisation(data)}, side_thread=runtime["side_thread"])
+    if cfg["init"] == "warmup":
+        init_from_checkpoint(net, init_checkpoint, stage="self_training")
+    train_stage("self_training", args, net=net, loss_fn=make_loss_fn(cfg), streams=streams, device=device,
+                ema_decay=float(cfg["consistency"]["ema_decay"]) if use_consistency else None, side_thread=True)

@@ -1,7 +1,7 @@
 """Stage: the source label distribution (pixels per class), the target of prior alignment.
 
 Counts every labelled pixel of the source label files at their own size (the images are not
-read), over all source images or an evenly spaced `source_images` of them.
+read), over all source images or an evenly spaced `images` of them (the `source_prior` section).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def run(*, source: dict, out_json: str | os.PathLike, cfg: dict) -> None:
     ds = open_spec(source, "source")
     if not getattr(ds, "has_labels", False):
         raise InputError(f"{source.get('root')}: the source class prior needs labelled source images")
-    limit = cfg["source_images"]
+    limit = cfg["images"]
     n = len(ds) if limit is None else min(len(ds), int(limit))
     indices = np.linspace(0, len(ds) - 1, n).round().astype(int) if n < len(ds) else range(len(ds))
     pixels = np.zeros(NUM_CLASSES, dtype=np.int64)

@@ -1,10 +1,10 @@
 """Stage: grid features of source and target images for the Source Transferability Map.
 
-Extractor: SimCLRv2 (R152-1x-SK1 in the paper; `stm.extractor: simclr` + `stm.weights`),
+Extractor: SimCLRv2 (R152-1x-SK1 in the paper; `stm.features.extractor: simclr` + `stm.features.weights`),
 fed [0,1] pixels normalised with `stm.mean/std` (0/1 = as SimCLRv2 expects), or the warm-up
-model's encoder (`stm.extractor: warmup`, high-level backbone output), fed images normalised
-with `data.mean/std` as it was trained. Images are resized to `stm.image_size`; the feature
-map is reduced to a coarse grid (`stm.grid` by adaptive average pooling, or `stm.pool`
+model's encoder (`stm.features.extractor: warmup`, high-level backbone output), fed images normalised
+with `data.normalize.mean/std` as it was trained. Images are resized to `stm.features.image_size`; the feature
+map is reduced to a coarse grid (`stm.features.grid` by adaptive average pooling, or `stm.features.pool`
 kernel = stride as the original's (1,2)) so every image gives G vectors.
 
 HDF5 out: `source` [N,G,C], `target` [M,G,C] float32, `source_names`, `target_names` (sorted),
@@ -45,19 +45,18 @@ def build_extractor(cfg: dict, checkpoint, data: dict, device: torch.device
 
         weights = cfg["weights"]
         if not weights:
-            raise InputError("config: `stm.weights` must name the SimCLRv2 file when stm.extractor is simclr")
+            raise InputError("config: `stm.features.weights` must name the SimCLRv2 file when "
+                             "stm.features.extractor is simclr")
         check_file(weights, "SimCLRv2 weights file")
         net = SimCLRResNet(int(cfg["depth"]), int(cfg["width_multiplier"]),
                            float(cfg["sk_ratio"]))
         load_pretrained(net, weights, key=cfg["weights_key"])
         net = net.to(device).eval()
         return net, list(cfg["mean"]), list(cfg["std"]), f"simclr:{weights}"
-    if kind == "warmup":
-        if checkpoint is None:
-            raise InputError("stm_features: extractor warmup needs the warm-up checkpoint")
-        model = load_warmup(checkpoint, device)
-        return (lambda x: model.backbone(x)[1]), list(data["mean"]), list(data["std"]), f"warmup:{checkpoint}"
-    raise InputError(f"config: stm.extractor must be 'warmup' or 'simclr', got {kind!r}")
+    if checkpoint is None:  # extractor warmup (the schema allows no other)
+        raise InputError("stm_features: extractor warmup needs the warm-up checkpoint")
+    model = load_warmup(checkpoint, device)
+    return (lambda x: model.backbone(x)[1]), list(data["mean"]), list(data["std"]), f"warmup:{checkpoint}"
 
 
 @torch.no_grad()

@@ -79,7 +79,7 @@ def run(*, features_h5: str | os.PathLike, prototypes: str | os.PathLike, class_
     bonus = None
     if use_bonus:
         if class_entropy_json is None:
-            raise InputError("stm_maps: stm.entropy_bonus is on but no class entropy json was given")
+            raise InputError("stm_maps: stm.maps.entropy_bonus is on but no class entropy json was given")
         bonus = read_normalised(class_entropy_json)
     centroids = load_centroids(prototypes)
     fh, feats, names = open_grid_features(features_h5, "source")

@@ -1,7 +1,7 @@
 """Stage: target-domain prototypes for the STM = k-means centroids of all target grid vectors.
 
 As the original (sklearn KMeans, k=40, random_state=5, n_init=1, k-means++), but in torch,
-seeded, on a seeded subsample of at most `stm.max_samples` vectors.
+seeded, on a seeded subsample of at most `stm.prototypes.max_samples` vectors.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
     if x.shape[0] > max_samples:
         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values]
     if x.shape[0] < k:
-        raise InputError(f"{features_h5}: {x.shape[0]} target grid vectors < stm.k={k}")
+        raise InputError(f"{features_h5}: {x.shape[0]} target grid vectors < stm.prototypes.k={k}")
     print(f"stm_prototypes: k-means k={k} on {x.shape[0]} target vectors of dim {x.shape[1]}", flush=True)
     c, cost = kmeans(x, k, seed=seed, n_init=int(cfg["kmeans_n_init"]),
                      max_iter=int(cfg["kmeans_max_iter"]), tol=float(cfg["kmeans_tol"]),

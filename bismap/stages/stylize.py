@@ -77,8 +77,6 @@ def run(*, source: dict, target: dict, out_dir: str | os.PathLike, cfg: dict[str
     from bismap.data import open_dataset
 
     check_keys("stylize", cfg, KEYS)
-    if cfg["method"] != "fda":
-        raise InputError(f"stylize config: method must be 'fda', got {cfg['method']!r}")
     beta = float(cfg["beta"])
     if not 0 <= beta <= 0.5:
         raise InputError(f"stylize config: beta must lie in [0, 0.5], got {beta}")

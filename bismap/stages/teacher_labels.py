@@ -61,7 +61,7 @@ def ground_truth(gt, gt_index: dict, target_gt: dict, name: str, file: str, shap
     return truth
 
 
-def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device, prior):
+def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device, prior, alignment: dict | None):
     """(a callable giving one pass of (name, file, prediction, label, confidence), the prior offset or None,
     the alignment's record: see offset_for).
 
@@ -74,11 +74,11 @@ def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device,
         return item_logits(model, dataset, scales=[float(s) for s in cfg["scales"]], flip=bool(cfg["flip"]),
                            mean=data["mean"], std=data["std"], device=device, workers=int(runtime["workers"]))
 
-    if cfg.get("prior_alignment"):
+    if alignment:
         forward_pass = replayable(forward_pass, cache_mb)
-    alignment: dict = {}
-    offset = offset_for(cfg.get("prior_alignment"), prior, lambda: (lg[0] for _, lg in forward_pass()),
-                        len(dataset), stage=SECTION, record=alignment)
+    record: dict = {}
+    offset = offset_for(alignment, prior, lambda: (lg[0] for _, lg in forward_pass()),
+                        len(dataset), stage=SECTION, record=record)
 
     def predictions():
         return label_maps(forward_pass(), has_labels=bool(getattr(dataset, "has_labels", True)),
@@ -86,14 +86,15 @@ def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device,
 
     if str(cfg["selection"]) == "balanced":
         predictions = replayable(predictions, cache_mb)
-    return predictions, offset, alignment
+    return predictions, offset, record
 
 
 def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
         out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1,
-        prior: str | Path | None = None) -> None:
-    """Write the teacher's hard labels for every `target` image, and their quality JSON (`prior`: the
-    source class prior file, needed when `cfg` holds `prior_alignment` settings)."""
+        prior: str | Path | None = None, alignment: dict | None = None) -> None:
+    """Write the teacher's hard labels for every `target` image, and their quality JSON. `alignment`: the
+    `prior_alignment` section, applied when `cfg.align_prior` is on (with `prior`, the source class prior
+    file)."""
     from bismap.data import open_dataset
     from bismap.data.labels import save_label_png
     from bismap.engine.checkpoint import load_model
@@ -105,9 +106,6 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     selection = str(cfg["selection"])
     selects = selection != "none"
     threshold = float(cfg["threshold"]) if selects else None  # the rule drops it for none
-    if selection not in ("none", "confidence", "balanced"):
-        raise InputError(f"config: teacher_labels.selection must be 'none', 'confidence' or 'balanced', "
-                         f"got {selection!r}")
     model = load_model(str(checkpoint), device=device, which="model")
     dataset = open_dataset(target)
     if len(dataset) == 0:
@@ -119,7 +117,8 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     n = len(dataset)
     every = max(n // 10, 1)
 
-    predictions, offset, alignment = teacher_passes(model, dataset, cfg, data, runtime, device, prior)
+    predictions, offset, record = teacher_passes(model, dataset, cfg, data, runtime, device, prior,
+                                                 alignment if cfg["align_prior"] else None)
     class_thr = pooled_thresholds(((p, c) for _, _, p, _, c in predictions()), n, mode=selection, threshold=threshold,
                                   percentile=float(cfg["percentile"]), sample_pixels=cfg["sample_pixels"],
                                   seed=int(cfg["seed"]), stage="teacher labels") if selection == "balanced" else None
@@ -143,6 +142,6 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
                     **({"class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}} if class_thr else {}),
                     "adabn": bool(cfg["adabn"]["enabled"]),
                     **({"prior_offset": offset.tolist()} if offset is not None else {}),
-                    **({"prior_alignment": prior_report(alignment, quality.get("gt_class_frequency"))}
-                       if alignment else {}), **thread_record()})
+                    **({"prior_alignment": prior_report(record, quality.get("gt_class_frequency"))}
+                       if record else {}), **thread_record()})
     write_json(out_quality, quality)

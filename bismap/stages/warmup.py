@@ -9,25 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bismap.engine.fingerprint import fingerprint, spec_signature
-from bismap.engine.stage_setup import (
-    build_seeded_model,
-    build_stream,
-    build_view,
-    derive_seed,
-    normalisation,
-    setup_device,
-)
+from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed
+from bismap.engine.stage_training import begin, train_stage
 
 
-def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, augment: dict, data: dict, runtime: dict,
-        threads: int = 1) -> None:
+def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict,
+        train_overrides: dict | None = None, augment: dict, data: dict, runtime: dict, threads: int = 1) -> None:
     """Train `model` on the labelled `source` spec and write the final-iteration checkpoint."""
-    from bismap.engine import trainer
+    args = dict(locals())  # first: the arguments alone, from which the resume fingerprint derives
     from bismap.losses import weighted_cross_entropy
 
-    device = setup_device(threads, runtime)
-    seed = int(train["seed"])
+    device, train, seed = begin(args)
     view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"))
     streams = {"source": build_stream(view, train, runtime, seed=derive_seed(seed, "source-stream"))}
     net = build_seeded_model(model, seed)
@@ -38,10 +30,4 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict, a
             _, logits = ctx.model(batch["image"])
         return {"ce": weighted_cross_entropy(logits.float(), batch["label"])}
 
-    fp = fingerprint(stage="warmup", source=spec_signature(source), model=model,
-                            train=train, augment=augment,
-                            data=data)
-    trainer.fit(model=net, loss_fn=loss_fn, streams=streams, train_cfg=train,
-                out_checkpoint=Path(out_checkpoint), fingerprint=fp, **trainer.runtime_options(runtime),
-                ema_decay=None, device=device,
-                model_config=model, extra_state={"data": normalisation(data)})
+    train_stage("warmup", args, net=net, loss_fn=loss_fn, streams=streams, device=device)

@@ -10,12 +10,21 @@ they hold their default. The stage still receives every key: the wrapper pickles
 
 Set `x-neutral-default` only on a key whose default reproduces exactly what the code did before the
 key existed; a key that changes results by default must not have it (docs/troubleshooting.md).
+
+Two more marks keep a section whole as a rule's param (one `C("section")` per param, no reshaping
+in the rules) while editing a key that cannot change the stage's result reruns nothing:
+`x-workflow: true` on a switch that decides which jobs run, not what a stage computes (e.g.
+`distillation.rounds`; left out of the param, so no stage receives it), and
+`x-used-when: {<sibling>: [values]}` on a key the stage reads only while a sibling key holds one of
+those values (e.g. `teacher_labels.percentile` under `selection: balanced`).
 """
 from __future__ import annotations
 
 from typing import Any
 
 NEUTRAL = "x-neutral-default"
+WORKFLOW = "x-workflow"
+USED_WHEN = "x-used-when"
 
 
 class ParamSlice(dict):
@@ -72,7 +81,8 @@ def filled_default(node: dict, root: dict) -> Any:
 
 
 def as_param(value: Any, node: dict | None, root: dict) -> Any:
-    """`value` with every nested dict wrapped so that its repr hides neutral keys at their default."""
+    """`value` without its workflow switches, every nested dict wrapped so that its repr hides the keys
+    that cannot change the stage's result (neutral keys at their default, unused keys)."""
     if not isinstance(value, dict) or not isinstance(node, dict):
         return value
     props = node.get("properties", {})
@@ -80,8 +90,18 @@ def as_param(value: Any, node: dict | None, root: dict) -> Any:
     hidden = set()
     for key, sub in value.items():
         sub_node = _resolve(props.get(key), root) if key in props else None
+        if isinstance(sub_node, dict) and sub_node.get(WORKFLOW):
+            continue  # read by the workflow alone: no stage receives it
         out[key] = as_param(sub, sub_node, root)
-        if isinstance(sub_node, dict) and sub_node.get(NEUTRAL) and sub == filled_default(sub_node, root):
+        if isinstance(sub_node, dict) and _hidden(sub_node, sub, value, root):
             hidden.add(key)
     out.hidden = frozenset(hidden)
     return out
+
+
+def _hidden(node: dict, value: Any, section: dict, root: dict) -> bool:
+    """Whether a key's value cannot change its stage's result (the marks in the module docstring)."""
+    used_when = node.get(USED_WHEN)
+    if used_when and any(section.get(key) not in allowed for key, allowed in used_when.items()):
+        return True
+    return bool(node.get(NEUTRAL)) and value == filled_default(node, root)
