@@ -14,7 +14,8 @@ a 95 % t-interval: table.md, table.json and a Pillow bar plot with error bars.
 Modules: `spec` (the benchmark file, presets and overlays), `plan` (what an ablation reruns, from
 Snakemake's --detailed-summary), `run` (running and reusing runs), `archive` (the kept run
 records), `stats` (mean ± std, t quantiles, paired intervals), `aggregate` (reduction over seeds),
-`table` (markdown, json and plots).
+`table` (markdown, json and plots), `results_doc` (docs/results.md from the records:
+`python -m bismap.sweep.results_doc`).
 """
 from bismap.sweep.aggregate import METHOD_ORDER, aggregate, gap_recovered, method_order, over_naive, over_reference
 from bismap.sweep.archive import (
