@@ -229,7 +229,7 @@ def test_paper_configs_validate(wf, tmp_path, name):
     r101.write_bytes(b"")
     roots = tmp_path / "roots.yaml"
     roots.write_text(yaml.safe_dump({"data": {"source": {"root": str(src)}, "target": {"root": str(tgt)}},
-                                     "stm": {"weights": str(r152)},
+                                     "stm": {"features": {"weights": str(r152)}},
                                      "distillation": {"student_weights": str(r101)}}))
     counts = dry_run(wf, f"configs/{name}.yaml", str(roots))
     assert "synthetic_data" not in counts
