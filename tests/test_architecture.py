@@ -1,4 +1,5 @@
-"""The package layout a newcomer relies on: stages share a toolkit, never each other."""
+"""The package layout a newcomer relies on: layers import only downward, stages share a toolkit and
+never each other, the method (bismap/method) apart from the generic engine."""
 from __future__ import annotations
 
 import ast
@@ -20,6 +21,41 @@ def imported_modules(path: Path) -> set[str]:
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)
     return out
+
+
+# What each package may import from bismap (the layers below it). engine is the generic training and
+# inference machinery: it knows nothing of BiSMAP's method; the method knows no stage; no library
+# layer knows the workflow, the CLI, the benchmark sweeps or the bench.
+MAY_IMPORT = {
+    "io": set(),
+    "data": {"io"},
+    "models": {"io"},
+    "evaluation": {"io", "data"},
+    "engine": {"io", "data", "models"},
+    "method": {"io", "data", "models", "evaluation", "engine"},
+    "stages": {"io", "data", "models", "evaluation", "engine", "method"},
+}
+
+
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "bismap" and len(parts) > 1 else None
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_layers_import_only_downward(package: str) -> None:
+    root = PACKAGE / package
+    files = sorted(root.rglob("*.py")) if root.is_dir() else [PACKAGE / f"{package}.py"]
+    bad = sorted({f"{p.relative_to(PACKAGE)} -> {m}" for p in files for m in imported_modules(p)
+                  if (t := package_of(m)) not in (None, package) and t not in MAY_IMPORT[package]})
+    assert files and not bad, f"bismap/{package} imports above its layer: {bad}"
+
+
+def test_the_architecture_check_sees_a_violation(tmp_path) -> None:
+    """The check reads function-level imports too (most of ours are)."""
+    f = tmp_path / "x.py"
+    f.write_text("def f():\n    from bismap.stages.warmup import run\n    import bismap.workflow.params\n")
+    assert {package_of(m) for m in imported_modules(f)} >= {"stages", "workflow"}
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda p: p.stem)

@@ -135,7 +135,7 @@ def test_parameter_norm_does_not_overflow():
 
 
 def test_label_stages_refuse_nan_scores():
-    from bismap.engine.labelling import check_scores
+    from bismap.method.labelling import check_scores
 
     check_scores(np.array([[0.5, -np.inf]]), "a.png", "pseudo_labels")  # -inf: the lowest score, rejected
     for bad in (np.nan, np.inf):
@@ -146,7 +146,7 @@ def test_label_stages_refuse_nan_scores():
 def test_kmeans_and_prototypes_refuse_nan_features(tmp_path):
     import h5py
 
-    from bismap.kmeans import kmeans
+    from bismap.method.kmeans import kmeans
     from bismap.stages import fit_prototypes
     from conftest import schema_defaults
 

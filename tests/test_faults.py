@@ -27,14 +27,14 @@ def _one_thread():
 
 
 def test_fault1_in_place_edit_of_a_source_label_refuses_the_resume(tmp_path, monkeypatch, capsys) -> None:
-    import bismap.losses
+    import bismap.method.losses
     from bismap.engine.fingerprint import spec_signature
     from bismap.stages import warmup
 
     source = make_gta(tmp_path / "gta5")
     kw = dict(source=source, model=MODEL, train=train_cfg(3), augment=AUGMENT, data=DATA,
               runtime={**RUNTIME_T, "checkpoint_every": 1}, threads=1)
-    real = bismap.losses.weighted_cross_entropy
+    real = bismap.method.losses.weighted_cross_entropy
     calls = {"n": 0}
 
     def dies_at_third(*a, **k):
@@ -44,10 +44,10 @@ def test_fault1_in_place_edit_of_a_source_label_refuses_the_resume(tmp_path, mon
         return real(*a, **k)
 
     out = tmp_path / "warmup.pt"
-    monkeypatch.setattr(bismap.losses, "weighted_cross_entropy", dies_at_third)
+    monkeypatch.setattr(bismap.method.losses, "weighted_cross_entropy", dies_at_third)
     with pytest.raises(KeyboardInterrupt):
         warmup.run(out_checkpoint=out, **kw)
-    monkeypatch.setattr(bismap.losses, "weighted_cross_entropy", real)
+    monkeypatch.setattr(bismap.method.losses, "weighted_cross_entropy", real)
     assert Path(str(out) + ".resume.pt").exists()
 
     # overwrite one label in place: same name, same size, same file count, folder mtime restored

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bismap.io import InputError
-from bismap.losses import (
+from bismap.method.losses import (
     consistency_kl,
     distillation_loss,
     sigmoid_rampup,

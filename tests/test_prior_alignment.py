@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bismap.data.labels import TRAINID_TO_ID
-from bismap.engine.prior_alignment import PRIOR_FORMAT, alignment_offset, em_target_prior, read_prior, sample_logits
 from bismap.io import InputError
+from bismap.method.prior_alignment import PRIOR_FORMAT, alignment_offset, em_target_prior, read_prior, sample_logits
 from conftest import RUNTIME, constant_checkpoint, schema_defaults, write_cityscapes, write_gta
 
 ROAD, POLE = 0, 5
@@ -200,7 +200,7 @@ def test_em_with_flat_posteriors_stays_within_the_ratio_bound():
 
 def test_prior_report_measures_each_prior_against_the_true_frequencies() -> None:
     from bismap.data.labels import CLASS_NAMES
-    from bismap.engine.prior_alignment import prior_report
+    from bismap.method.prior_alignment import prior_report
 
     truth = _prior(0.6, 0.4)
     source = _prior(0.9, 0.1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bismap.prototypes import DiagonalGMM, class_log_likelihood, kmeans
+from bismap.method.prototypes import DiagonalGMM, class_log_likelihood, kmeans
 
 torch.set_num_threads(1)
 
@@ -124,7 +124,7 @@ def test_gmm_n_init_means_em_restarts_and_float32_matches_sklearn(dtype) -> None
 
 
 def test_kmeans_best_draw_is_seeded() -> None:
-    from bismap.prototypes import kmeans_best_draw
+    from bismap.method.prototypes import kmeans_best_draw
 
     x = torch.tensor(_blobs(seed=4), dtype=torch.float32)
     a = kmeans_best_draw(x, 3, seed=2, n_draws=5, max_iter=100, tol=1e-4, batch_size=64)

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from bismap.io import InputError
-from bismap.prototypes import load_prototypes
+from bismap.method.prototypes import load_prototypes
 from conftest import RUNTIME, schema_defaults, to_label_ids, write_cityscapes, write_gta
 
 torch.set_num_threads(1)
@@ -205,7 +205,7 @@ def test_upsampling_matches_bilinear_align_corners() -> None:
 
 
 def test_percentile_selection_leaves_requested_share() -> None:
-    from bismap.engine.labelling import apply_selection, percentile_thresholds, sample_scores
+    from bismap.method.labelling import apply_selection, percentile_thresholds, sample_scores
 
     rng = np.random.default_rng(0)
     labels = [rng.choice([1, 4, 7], size=(20, 30), p=[0.6, 0.3, 0.1]).astype(np.uint8) for _ in range(5)]
@@ -227,7 +227,7 @@ def test_percentile_selection_leaves_requested_share() -> None:
 
 
 def test_balanced_selection_keeps_every_confident_pixel_and_the_top_of_unsure_classes() -> None:
-    from bismap.engine.labelling import apply_selection, balanced_thresholds, percentile_thresholds, sample_scores
+    from bismap.method.labelling import apply_selection, balanced_thresholds, percentile_thresholds, sample_scores
 
     rng = np.random.default_rng(1)
     # class 2: the network is sure (scores near 0.97); class 5: never above 0.8; class 9: unseen in the pools
@@ -248,7 +248,7 @@ def test_balanced_selection_keeps_every_confident_pixel_and_the_top_of_unsure_cl
 
 
 def test_replayable_pass_replays_within_its_budget_and_recomputes_past_it() -> None:
-    from bismap.engine.labelling import replayable
+    from bismap.method.labelling import replayable
 
     calls = []
 
@@ -438,7 +438,7 @@ def test_normalized_prototypes_score_unit_length_features(tmp_path) -> None:
     """prototypes.normalize: the fit sees unit rows and records it; the scorer scales each pixel
     feature to unit length first (here the output size equals the feature size, so upsampling is
     the identity and the result must equal scoring pre-normalised features the plain way)."""
-    from bismap.prototypes import unit_rows
+    from bismap.method.prototypes import unit_rows
     from bismap.stages import fit_prototypes
     from bismap.stages.pseudo_labels import gmm_predictor
 
@@ -480,7 +480,7 @@ def test_normalized_prototypes_score_unit_length_features(tmp_path) -> None:
 
 def test_agree_rule_vetoes_pixels_where_network_and_gmms_differ() -> None:
     """rule agree: the GMMs' class survives only where the network's argmax is the same class."""
-    from bismap.prototypes import DiagonalGMM
+    from bismap.method.prototypes import DiagonalGMM
     from bismap.stages.pseudo_labels import gmm_predictor
 
     gen = torch.Generator().manual_seed(0)

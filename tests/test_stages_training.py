@@ -154,7 +154,7 @@ def test_warmup_reduces_training_loss(trained) -> None:
 
 def test_killed_warmup_resumes_to_the_same_weights(tiny, monkeypatch, capsys) -> None:
     """The fingerprint is stable across runs, so a killed job continues from its resume file."""
-    import bismap.losses
+    import bismap.method.losses
     from bismap.stages import warmup
 
     kw = dict(source=tiny["source"], model=MODEL, train=train_cfg(3), augment=AUGMENT,
@@ -162,7 +162,7 @@ def test_killed_warmup_resumes_to_the_same_weights(tiny, monkeypatch, capsys) ->
     ref = tiny["tmp"] / "ref.pt"
     warmup.run(out_checkpoint=ref, **kw)
     calls = {"n": 0}
-    real = bismap.losses.weighted_cross_entropy
+    real = bismap.method.losses.weighted_cross_entropy
 
     def dies_at_third(*a, **k):
         calls["n"] += 1
@@ -171,11 +171,11 @@ def test_killed_warmup_resumes_to_the_same_weights(tiny, monkeypatch, capsys) ->
         return real(*a, **k)
 
     out = tiny["tmp"] / "killed.pt"
-    monkeypatch.setattr(bismap.losses, "weighted_cross_entropy", dies_at_third)
+    monkeypatch.setattr(bismap.method.losses, "weighted_cross_entropy", dies_at_third)
     with pytest.raises(KeyboardInterrupt):
         warmup.run(out_checkpoint=out, **kw)
     assert Path(str(out) + ".resume.pt").exists() and not out.exists()
-    monkeypatch.setattr(bismap.losses, "weighted_cross_entropy", real)
+    monkeypatch.setattr(bismap.method.losses, "weighted_cross_entropy", real)
     capsys.readouterr()
     warmup.run(out_checkpoint=out, **kw)
     assert "resuming from" in capsys.readouterr().out
@@ -294,16 +294,11 @@ def test_teacher_mode_and_rampup() -> None:
 # distillation
 
 
-class _Ctx:
-    def __init__(self, model, batches):
-        from bismap.engine.side_thread import SideThread
+def _ctx(model, batches):
+    from bismap.engine.step_context import StepContext
 
-        self.model, self.batches, self.ema, self.iteration = model, batches, None, 0
-        self.autocast = contextlib.nullcontext
-        self.side = SideThread(False)
-
-    def branch(self, *losses):
-        pass
+    return StepContext(model=model, ema=None, batches=batches, iteration=0, device=torch.device("cpu"),
+                       autocast=contextlib.nullcontext)
 
 
 def _batches():
@@ -328,7 +323,7 @@ def test_kd_kl_is_zero_for_identical_student_and_original_differs() -> None:
 
     torch.manual_seed(0)
     net = build_model(MODEL).eval()  # eval: identical forward passes (no dropout)
-    ctx = _Ctx(net, _batches())
+    ctx = _ctx(net, _batches())
     kl = make_loss_fn(dill_cfg("kl"), net)(ctx)["kd"]
     orig = make_loss_fn(dill_cfg("original"), net)(ctx)["kd"]
     kl, orig = kl.detach(), orig.detach()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bismap.bench.common import PROFILE_COLUMNS, best_time, profile_top, table
-from bismap.prototypes import DiagonalGMM
+from bismap.method.prototypes import DiagonalGMM
 
 
 def synthetic_bank(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:

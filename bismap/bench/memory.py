@@ -22,7 +22,7 @@ GIB = 2 ** 30
 
 def saved_bytes(model_cfg: dict, batch: int, crop: tuple[int, int], dtype: torch.dtype, checkpointing: bool) -> int:
     """Bytes autograd keeps from one training forward of `batch` crops plus its cross-entropy."""
-    from bismap.losses import upsample_to
+    from bismap.method.losses import upsample_to
     from bismap.models import build_model
     from bismap.models.checkpointing import set_activation_checkpointing
 

@@ -19,7 +19,7 @@ import torch
 
 from bismap.bench.common import PROFILE_COLUMNS, best_time, default_config, profile_top, table
 from bismap.data.labels import NUM_CLASSES
-from bismap.prototypes import TIE_RTOL, DiagonalGMM, class_log_likelihood
+from bismap.method.prototypes import TIE_RTOL, DiagonalGMM, class_log_likelihood
 
 
 def synthetic_gmms(feat: torch.Tensor, k: int, seed: int = 0) -> dict[int, DiagonalGMM]:

@@ -7,21 +7,26 @@ statistics and dropout's random numbers are consumed in the same order), while a
 the teacher's forward and the backward pass of each finished branch, and the main thread runs the
 last branch's backward itself. torch kernels release the GIL, so this uses a second core.
 
-The numbers are the same bit for bit as one backward of the summed losses: every branch's
-gradient is computed by the very kernels that computed it before, and the branches are summed per
-parameter in the order autograd's engine accumulates them in that single backward, the last branch
-first (tests/test_side_thread.py checks both stages against the single backward). A second intra-op
-thread would not be: it splits the convolution reductions differently (6 SGD steps of the default
-model with 2 threads instead of 1 change 147 of its 176 tensors).
+The stage never sees this: it describes its step as a `Step` (engine.step_context: teacher forwards,
+then loss terms) and `run_step` decides where each part runs. The numbers are the same bit for bit
+as one backward of the summed losses: every term's gradient is computed by the very kernels that
+computed it before, and the terms are summed per parameter in the order autograd's engine
+accumulates them in that single backward, the last term first (tests/test_side_thread.py checks
+both stages against the single backward). A second intra-op thread would not be: it splits the
+convolution reductions differently (6 SGD steps of the default model with 2 threads instead of 1
+change 147 of its 176 tensors).
 
 On a GPU the kernels are asynchronous already, so the side thread is used on the CPU only.
 """
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from bismap.engine.step_context import Step, StepContext
 
 
 def _done(fn: Callable[[], Any]) -> Future:
@@ -66,8 +71,48 @@ class SideThread:
             self._pool = None
 
 
+class _Results(Mapping):
+    """Teacher outputs by name; reading one waits for its forward."""
+
+    def __init__(self, pending: Mapping[str, Future]) -> None:
+        self._pending = pending
+
+    def __getitem__(self, name: str) -> Any:
+        return self._pending[name].result()
+
+    def __iter__(self):
+        return iter(self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+def run_step(step: "Step", ctx: "StepContext", side: SideThread, params: Sequence[torch.Tensor]
+             ) -> tuple[dict[str, torch.Tensor], "Branches | None"]:
+    """Run `step`: its teachers' forwards (on the side thread when enabled), then its terms in order on
+    this thread, each finished term's backward started on the side thread when there are several.
+    Returns the losses and the Branches (None: the caller does one backward of the summed losses)."""
+    ctx.teachers = _Results({name: side.forward(*_forward_args(spec(ctx), ctx.autocast))
+                             for name, spec in step.teachers.items()})
+    branches = Branches(side, params) if side.enabled and len(step.terms) > 1 else None
+    losses: dict[str, torch.Tensor] = {}
+    for term in step.terms:
+        out = dict(term(ctx))
+        if set(out) & set(losses):
+            raise ValueError(f"loss terms return the same loss name twice: {sorted(set(out) & set(losses))}")
+        losses.update(out)
+        if branches is not None:
+            branches.add(list(out.values()))
+    return losses, branches
+
+
+def _forward_args(spec: tuple, autocast: Callable[[], ContextManager]) -> tuple:
+    model, image, mode = spec
+    return model, image, autocast, mode
+
+
 class Branches:
-    """The branches one step declared (`StepContext.branch`), their backwards started on the side thread."""
+    """One backward per loss term (`run_step`), started on the side thread."""
 
     def __init__(self, side: SideThread, params: Sequence[torch.Tensor]) -> None:
         self.side = side

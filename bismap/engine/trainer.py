@@ -24,8 +24,8 @@ from bismap.engine.divergence import Diverged, DivergenceGuard, nonfinite_tensor
 from bismap.engine.ema import create_ema, update_ema
 from bismap.engine.fingerprint import changed_parts
 from bismap.engine.optim import from_train_cfg
-from bismap.engine.side_thread import Branches, SideThread
-from bismap.engine.step_context import StepContext
+from bismap.engine.side_thread import SideThread, run_step
+from bismap.engine.step_context import Step, StepContext, as_step
 from bismap.engine.stream import InfiniteStream, mix_seed
 from bismap.models.checkpointing import set_activation_checkpointing
 
@@ -151,7 +151,7 @@ class _LossWindow:
         self.count += 1
 
 
-def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch.Tensor]],
+def fit(*, model: nn.Module, loss_fn: Step | Callable[[StepContext], Mapping[str, torch.Tensor]],
         streams: Mapping[str, InfiniteStream], train_cfg: Mapping[str, Any], out_checkpoint: str | os.PathLike,
         fingerprint: str, log_every: int, checkpoint_every: int, ema_decay: float | None = None,
         device: torch.device | str = "cpu", extra_state: Mapping[str, Any] | None = None,
@@ -167,8 +167,9 @@ def fit(*, model: nn.Module, loss_fn: Callable[[StepContext], Mapping[str, torch
     model_config: the `model` slice load_model rebuilds from (default: model.model_config/.config/.cfg).
     tensorboard_dir: "auto" = `<out_checkpoint>.tb/`, None = no TensorBoard (skipped anyway when
     tensorboard is not installed).
-    side_thread: teachers' forwards and branch backwards on a second thread (engine.side_thread; used
-    on a CPU, in one process, without a gradient scaler): the same numbers, faster with a free core.
+    loss_fn: a Step (teacher forwards, then loss terms) or any `ctx -> losses` function (one term).
+    side_thread: a Step's teacher forwards and term backwards on a second thread (engine.side_thread;
+    used on a CPU, in one process, without a gradient scaler): the same numbers, faster with a free core.
     max_loss_growth / max_weight_growth: the divergence guard's limits (engine.divergence; 0 = off): the
     run stops with a one-line error at the first progress line or checkpoint where it has diverged.
     activation_checkpointing: recompute the backbone blocks' activations in the backward
@@ -315,15 +316,14 @@ def _step(run: _Run, loss_fn, it: int) -> tuple[Mapping[str, torch.Tensor], torc
     """One iteration: a batch from every stream, the losses, one backward (or the branches' backwards
     on the side thread), optimizer/scheduler/EMA steps."""
     batches = {name: to_device(next(s), run.device, run.channels_last) for name, s in run.streams.items()}
-    branches = Branches(run.side, run.trainable) if run.side.enabled else None
     ctx = StepContext(model=run.net, ema=run.ema, batches=batches, iteration=it, device=run.device,
-                      autocast=run.amp.autocast, total_iterations=run.total, side=run.side, branches=branches)
-    losses = loss_fn(ctx)
+                      autocast=run.amp.autocast, total_iterations=run.total)
+    losses, branches = run_step(as_step(loss_fn), ctx, run.side, run.trainable)
     if not losses:
         raise ValueError("loss_fn returned no losses")
     loss = sum(v.float() for v in losses.values())
     run.optimizer.zero_grad(set_to_none=True)
-    if branches is not None and branches.losses:
+    if branches is not None:
         branches.set_grads(losses)
     else:
         run.scaler.scale(loss).backward()

@@ -24,8 +24,9 @@ from bismap.engine.stage_setup import (
     model_config,
 )
 from bismap.engine.stage_training import begin, train_stage
-from bismap.engine.steps import source_and_target_losses
+from bismap.engine.step_context import Step
 from bismap.io import InputError
+from bismap.method.steps import source_and_target_terms
 
 SECTION = "distillation"
 
@@ -37,26 +38,22 @@ def student_model_config(model: dict, cfg: dict) -> dict:
     return model_config(model, weights=weights, backbone=cfg["student_backbone"])
 
 
-def make_loss_fn(cfg: dict, teacher: torch.nn.Module):
-    """Per-iteration loss for trainer.fit: source CE (+STM) + target SCE + kd.weight * KD."""
-    from bismap.losses import distillation_loss
+def make_loss_fn(cfg: dict, teacher: torch.nn.Module) -> Step:
+    """Per-iteration step for trainer.fit: source CE (+STM) + target SCE + kd.weight * KD."""
+    from bismap.method.losses import distillation_loss
 
-    supervised = source_and_target_losses(cfg, SECTION)
     kd = cfg["kd"]
     kd_weight = float(kd["weight"])
     variant = str(kd["variant"])
+    if kd_weight == 0.0:
+        return Step(terms=source_and_target_terms(cfg))
 
-    def loss_fn(ctx):
-        if kd_weight != 0.0:  # the teacher's forward runs on the side thread meanwhile
-            pending = ctx.side.forward(teacher, ctx.batches["target"]["image"], ctx.autocast)
-        losses, tgt_logits = supervised(ctx, target_branch_open=kd_weight != 0.0)
-        if kd_weight != 0.0:
-            _, teacher_logits = pending.result()
-            losses["kd"] = kd_weight * distillation_loss(tgt_logits.float(), teacher_logits.float(), variant=variant)
-            ctx.branch(losses["target_sce"], losses["kd"])
-        return losses
+    def kd_term(ctx, target_logits) -> dict:
+        _, teacher_logits = ctx.teachers["teacher"]
+        return {"kd": kd_weight * distillation_loss(target_logits.float(), teacher_logits.float(), variant=variant)}
 
-    return loss_fn
+    return Step(terms=source_and_target_terms(cfg, target_extra=kd_term),
+                teachers={"teacher": lambda ctx: (teacher, ctx.batches["target"]["image"], None)})
 
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_checkpoint: str | Path,

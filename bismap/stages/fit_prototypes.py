@@ -14,7 +14,7 @@ import torch
 from bismap.data.labels import NUM_CLASSES
 from bismap.engine.stage_setup import check_file
 from bismap.io import InputError, save_torch
-from bismap.prototypes import PROTOTYPES_FORMAT, DiagonalGMM, unit_rows
+from bismap.method.prototypes import PROTOTYPES_FORMAT, DiagonalGMM, unit_rows
 
 
 def _open_bank(path: str | os.PathLike):

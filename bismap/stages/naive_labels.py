@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from bismap.engine.inference import to_input
-from bismap.engine.labelling import DEFAULT_CONFIDENCE, Predictor, label_target, prepare_model, selection_settings
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
+from bismap.method.labelling import DEFAULT_CONFIDENCE, Predictor, label_target, prepare_model, selection_settings
 
 
 def softmax_predictor(model, *, mean, std, device, flip: bool) -> Predictor:

@@ -13,7 +13,7 @@ on features centred before upsampling; pixels whose two best classes are within
 prototypes.TIE_RTOL are re-scored in float64, so the labels are the float64 scorer's (checked,
 and timed against the network forward, by `python -m bismap.bench scoring`).
 
-The two-pass thresholding driver is shared with the naive baseline: bismap.engine.labelling.
+The two-pass thresholding driver is shared with the naive baseline: bismap.method.labelling.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ import torch
 from bismap.data.labels import IGNORE_INDEX as IGNORE
 from bismap.data.labels import NUM_CLASSES
 from bismap.engine.inference import forward, to_input
-from bismap.engine.labelling import Predictor, label_target, nbytes, prepare_model, selection_settings
-from bismap.engine.prior_alignment import offset_for
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
 from bismap.io import InputError
-from bismap.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes, unit_rows
+from bismap.method.labelling import Predictor, label_target, nbytes, prepare_model, selection_settings
+from bismap.method.prior_alignment import offset_for
+from bismap.method.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes, unit_rows
 
 
 # ----------------------------------------------------------------------------- upsampling

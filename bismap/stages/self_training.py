@@ -20,8 +20,9 @@ import torch
 
 from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, init_from_checkpoint
 from bismap.engine.stage_training import begin, train_stage
-from bismap.engine.steps import source_and_target_losses
+from bismap.engine.step_context import Step
 from bismap.io import InputError
+from bismap.method.steps import source_and_target_terms
 
 
 @contextlib.contextmanager
@@ -41,7 +42,7 @@ def teacher_mode(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 def consistency_weight(cfg: dict, iteration: int) -> float:
     """weight * sigmoid_rampup(iteration, rampup): the mean-teacher weight at this iteration."""
-    from bismap.losses import sigmoid_rampup
+    from bismap.method.losses import sigmoid_rampup
 
     cons = cfg["consistency"]
     weight = float(cons["weight"])
@@ -55,28 +56,25 @@ def consistency_enabled(cfg: dict) -> bool:
     return float(cons["weight"]) > 0.0
 
 
-def make_loss_fn(cfg: dict):
-    """The per-iteration loss (a closure over the `self_training` slice) for trainer.fit."""
-    from bismap.losses import consistency_kl
+def make_loss_fn(cfg: dict) -> Step:
+    """The per-iteration step (a closure over the `self_training` slice) for trainer.fit: source
+    CE, target SCE and, with the EMA teacher, the consistency term on the strong view."""
+    from bismap.method.losses import consistency_kl
 
-    supervised = source_and_target_losses(cfg, "self_training")
-    use_consistency = consistency_enabled(cfg)
+    terms = source_and_target_terms(cfg)
+    if not consistency_enabled(cfg):
+        return Step(terms=terms)
 
-    def loss_fn(ctx):
-        if use_consistency:  # the EMA teacher's forward runs on the side thread meanwhile
-            tgt = ctx.batches["target"]
-            teacher = ctx.side.forward(ctx.ema, tgt["image"], ctx.autocast, mode=teacher_mode)
-        losses, _ = supervised(ctx)
-        if use_consistency:
-            _, teacher_logits = teacher.result()
-            with ctx.autocast():
-                _, strong_logits = ctx.model(tgt["strong"])
-            w = consistency_weight(cfg, ctx.iteration)
-            losses["consistency"] = w * consistency_kl(strong_logits.float(), teacher_logits.float(), tgt["keep"])
-            ctx.branch(losses["consistency"])
-        return losses
+    def consistency(ctx) -> dict:
+        _, teacher_logits = ctx.teachers["ema"]
+        tgt = ctx.batches["target"]
+        with ctx.autocast():
+            _, strong_logits = ctx.model(tgt["strong"])
+        w = consistency_weight(cfg, ctx.iteration)
+        return {"consistency": w * consistency_kl(strong_logits.float(), teacher_logits.float(), tgt["keep"])}
 
-    return loss_fn
+    return Step(terms=[*terms, consistency],
+                teachers={"ema": lambda ctx: (ctx.ema, ctx.batches["target"]["image"], teacher_mode)})
 
 
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoint: str | Path, model: dict,

@@ -10,9 +10,9 @@ import os
 import numpy as np
 
 from bismap.data.labels import NUM_CLASSES
-from bismap.engine.prior_alignment import PRIOR_FORMAT
 from bismap.engine.stage_setup import open_spec
 from bismap.io import InputError, write_json
+from bismap.method.prior_alignment import PRIOR_FORMAT
 
 
 def run(*, source: dict, out_json: str | os.PathLike, cfg: dict) -> None:

@@ -22,7 +22,7 @@ from bismap.data.labels import CLASS_NAMES, NUM_CLASSES
 from bismap.data.labels import IGNORE_INDEX as IGNORE
 from bismap.engine.stage_setup import open_spec
 from bismap.io import InputError, atomic_path, read_json
-from bismap.stm_files import load_centroids, open_grid_features
+from bismap.method.stm_files import load_centroids, open_grid_features
 
 
 def transferability(d: torch.Tensor, m: float) -> torch.Tensor:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from bismap.io import InputError, save_torch
-from bismap.prototypes import kmeans
-from bismap.stm_files import CENTROIDS_FORMAT, open_grid_features
+from bismap.method.prototypes import kmeans
+from bismap.method.stm_files import CENTROIDS_FORMAT, open_grid_features
 
 
 def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, runtime: dict,

@@ -4,11 +4,11 @@ As the original's inference.py: logits averaged over `scales` x {identity, flip}
 threshold (every pixel labelled: `selection: none`, the paper configs). `selection: confidence`
 departs from it: pixels whose softmax confidence is below `threshold` are left unlabelled (255),
 so the student's hard-label loss skips the teacher's likely mistakes (the KD term still sees every
-pixel). `selection: balanced` is the pseudo labels' class-balanced rule (engine.labelling): a first
+pixel). `selection: balanced` is the pseudo labels' class-balanced rule (method.labelling): a first
 pass pools sampled confidences per predicted class, then a pixel stays when its confidence reaches
 the lower of `threshold` and its class's `percentile`, so a class the teacher is rarely sure of keeps
 its most confident pixels. `align_prior` first shifts the logits so that their mean prediction matches
-the source label distribution (engine.prior_alignment). Optional AdaBN first re-estimates the batch-norm \
+the source label distribution (method.prior_alignment). Optional AdaBN first re-estimates the batch-norm \
 statistics on the target images
 (design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
 Labels are `<out_dir>/<image file name>` palette PNGs (written into a temporary folder renamed
@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from bismap.engine.inference import item_logits, label_maps
-from bismap.engine.labelling import (
+from bismap.engine.stage_setup import setup_device
+from bismap.io import InputError, atomic_dir, write_json
+from bismap.method.labelling import (
     apply_selection,
     check_coverage,
     check_scores,
@@ -29,9 +31,7 @@ from bismap.engine.labelling import (
     replayable,
     thread_record,
 )
-from bismap.engine.prior_alignment import offset_for, prior_report
-from bismap.engine.stage_setup import setup_device
-from bismap.io import InputError, atomic_dir, write_json
+from bismap.method.prior_alignment import offset_for, prior_report
 
 SECTION = "teacher_labels"
 

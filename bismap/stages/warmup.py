@@ -17,7 +17,7 @@ def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict,
         train_overrides: dict | None = None, augment: dict, data: dict, runtime: dict, threads: int = 1) -> None:
     """Train `model` on the labelled `source` spec and write the final-iteration checkpoint."""
     args = dict(locals())  # first: the arguments alone, from which the resume fingerprint derives
-    from bismap.losses import weighted_cross_entropy
+    from bismap.method.losses import weighted_cross_entropy
 
     device, train, seed = begin(args)
     view = build_view(source, augment, data, seed=derive_seed(seed, "source-view"))

@@ -27,14 +27,19 @@ def _zero(logits: torch.Tensor) -> torch.Tensor:
     return logits.sum() * 0.0
 
 
+def _at_label_size(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
+    """Logits upsampled to the labels (float), labels as long, the valid mask and its pixel count."""
+    logits = upsample_to(logits, target.shape[-2:]).float()
+    target = target.long()
+    valid = target != ignore_index
+    return logits, target, valid, valid.sum()
+
+
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                            ignore_index: int = 255) -> torch.Tensor:
     """sum over valid pixels of w*CE, divided by the NUMBER of valid pixels (not the weight sum),
     as the original's STM-weighted source loss; weight=None is plain CE."""
-    logits = upsample_to(logits, target.shape[-2:]).float()
-    target = target.long()
-    valid = target != ignore_index
-    n = valid.sum()
+    logits, target, valid, n = _at_label_size(logits, target, ignore_index)
     if n == 0:
         return _zero(logits)
     ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
@@ -47,10 +52,7 @@ def symmetric_cross_entropy(logits: torch.Tensor, target: torch.Tensor, alpha: f
                             ignore_index: int = 255) -> torch.Tensor:
     """alpha*CE + beta*RCE on noisy pseudo labels (ProDA's `rce`): RCE = -sum_c p_c log(clip(onehot_c, 1e-4, 1))
     with p clamped to [1e-7, 1], i.e. -ln(1e-4)*(1 - p_y); both averaged over valid pixels."""
-    logits = upsample_to(logits, target.shape[-2:]).float()
-    target = target.long()
-    valid = target != ignore_index
-    n = valid.sum()
+    logits, target, valid, n = _at_label_size(logits, target, ignore_index)
     if n == 0:
         return _zero(logits)
     num_classes = logits.shape[1]

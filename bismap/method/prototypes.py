@@ -4,7 +4,7 @@ Why our own code rather than scikit-learn: the feature banks are large (300k x 2
 paper setting) and the pseudo-label stage scores millions of pixels per image; both run on the GPU here,
 with every pass in fixed-size batches so memory stays bounded. The EM loop follows scikit-learn's
 GaussianMixture(diag) step for step (same M-step, same stopping rule) so the two can be compared in tests.
-Passes run in float32 with float64 statistics (docs/performance.md). k-means: bismap.kmeans (re-exported).
+Passes run in float32 with float64 statistics (docs/performance.md). k-means: bismap.method.kmeans (re-exported).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from bismap.io import InputError, load_torch_file
-from bismap.kmeans import _device, kmeans, kmeans_best_draw
+from bismap.method.kmeans import _device, kmeans, kmeans_best_draw
 
 __all__ = ["kmeans", "kmeans_best_draw", "DiagonalGMM", "ClassScorer", "best_class", "class_log_likelihood",
            "load_prototypes"]

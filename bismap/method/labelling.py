@@ -179,8 +179,8 @@ def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: s
     """Shared driver: optional first pass for per-class percentiles, then label, save, and score
     (`cache_mb`: the first pass's results are replayed by the second while they fit, see `replayable`;
     `alignment`: offset_for's record, reported in the json with its distance to the true prior)."""
-    from bismap.engine.prior_alignment import prior_report
     from bismap.evaluation.quality import label_quality
+    from bismap.method.prior_alignment import prior_report
 
     n = len(ds)
 
