@@ -247,6 +247,7 @@ def test_cli_aggregate_only_and_archive_existing(tmp_path, monkeypatch, capsys):
     assert default["ablations"]["full"]["seeds"] == [2] and default["missing"] == ["b_full_s1"]
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_preset_runs_dry_run_with_their_config_files(tmp_path):
     """The suburb preset's files and the no_distillation overlay pass the schema and plan the expected stages."""
     from bismap.sweep.plan import snakemake_cmd

@@ -1,4 +1,4 @@
-"""Issue 12: faults and bad inputs a hostile but realistic user tried, one test each.
+"""Faults and bad inputs a hostile but realistic user tried, one test each.
 
 Kills are simulated by an exception at a chosen iteration (the trainer's resume path is the same as
 after kill -9) or by a real SIGKILL of a child process; disk full by monkeypatching the write.
@@ -26,7 +26,7 @@ def _one_thread():
 # 1. A resume ignores edits inside a data folder
 
 
-def test_fault1_in_place_edit_of_a_source_label_refuses_the_resume(tmp_path, monkeypatch, capsys) -> None:
+def test_in_place_edit_of_a_source_label_refuses_the_resume(tmp_path, monkeypatch, capsys) -> None:
     import bismap.method.losses
     from bismap.engine.fingerprint import spec_signature
     from bismap.stages import warmup
@@ -132,7 +132,8 @@ def _kill9_writer(kind: str, target: Path) -> None:
 # 2. Temporary files are never cleaned
 
 
-def test_fault2_kill9_temporaries_are_removed_by_the_next_attempt(tmp_path, monkeypatch) -> None:
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
+def test_kill9_temporaries_are_removed_by_the_next_attempt(tmp_path, monkeypatch) -> None:
     from bismap.io import save_torch, stale_temporaries, write_json
     from bismap.workflow.stage_logging import stage_logging
 
@@ -165,7 +166,7 @@ def test_fault2_kill9_temporaries_are_removed_by_the_next_attempt(tmp_path, monk
 
 
 @pytest.mark.parametrize("err", ["ENOSPC", "EACCES", "EROFS", "EIO"])
-def test_fault3_os_error_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, err) -> None:
+def test_os_error_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, err) -> None:
     import errno
 
     from bismap.io import save_torch
@@ -198,7 +199,7 @@ def test_fault3_os_error_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, mon
     assert list(ckpt.parent.iterdir()) == []  # no half-written file, no temporary
 
 
-def test_fault3_checkpoint_needing_more_than_the_free_space_fails_before_writing(tmp_path, monkeypatch) -> None:
+def test_checkpoint_needing_more_than_the_free_space_fails_before_writing(tmp_path, monkeypatch) -> None:
     import errno
     import shutil
     from collections import namedtuple
@@ -213,7 +214,7 @@ def test_fault3_checkpoint_needing_more_than_the_free_space_fails_before_writing
     assert "MiB free" in exc.value.strerror and list(tmp_path.iterdir()) == []
 
 
-def test_fault3_predict_on_a_full_disk_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch, capsys) -> None:
+def test_predict_on_a_full_disk_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch, capsys) -> None:
     import errno
 
     from bismap.cli import main
@@ -265,7 +266,7 @@ def test_predict_stops_on_an_unreadable_image_or_skips_it_with_a_summary(tmp_pat
 # 8. Logs lost
 
 
-def test_fault8_rule_log_keeps_earlier_attempts(tmp_path, monkeypatch) -> None:
+def test_rule_log_keeps_earlier_attempts(tmp_path, monkeypatch) -> None:
     from bismap.workflow.stage_logging import stage_logging
 
     _console(monkeypatch)
@@ -308,8 +309,9 @@ def wf(module_dir) -> Path:
     return make_copy(module_dir)
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 @pytest.mark.parametrize("example", _documented_config_examples())
-def test_fault6_every_documented_config_example_dry_runs(wf, example) -> None:
+def test_every_documented_config_example_dry_runs(wf, example) -> None:
     from test_workflow import snakemake
 
     # examples that point at real dataset roots go with the paper config (whose roots are missing here)
@@ -323,7 +325,8 @@ def test_fault6_every_documented_config_example_dry_runs(wf, example) -> None:
         assert proc.returncode == 0 or "MissingInputException" in text, text[-2000:]
 
 
-def test_fault6_yaml11_exponent_is_a_number(wf) -> None:
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
+def test_yaml11_exponent_is_a_number(wf) -> None:
     from test_workflow import snakemake
 
     (wf / "lr.yaml").write_text("train:\n  lr: 1e-3\n")
@@ -331,7 +334,8 @@ def test_fault6_yaml11_exponent_is_a_number(wf) -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
 
 
-def test_fault6_nested_booleans_and_nulls_from_the_command_line(wf) -> None:
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
+def test_nested_booleans_and_nulls_from_the_command_line(wf) -> None:
     from test_workflow import snakemake
 
     # Snakemake hands nested --config values over as text: 'true' and 'null' must still validate
@@ -345,6 +349,7 @@ def test_fault6_nested_booleans_and_nulls_from_the_command_line(wf) -> None:
     assert "teacher_labels.flip: 'maybe' is not of type 'boolean'" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_values_that_do_not_scale_stop_the_workflow_before_any_job(wf) -> None:
     from test_workflow import snakemake
 
@@ -358,7 +363,8 @@ def test_values_that_do_not_scale_stop_the_workflow_before_any_job(wf) -> None:
     assert "stylize.beta 0.01 gives an FDA band of 0 coefficients at 32x64" in proc.stdout + proc.stderr
 
 
-def test_fault6_a_bad_number_says_how_to_write_it(wf) -> None:
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
+def test_a_bad_number_says_how_to_write_it(wf) -> None:
     from test_workflow import snakemake
 
     proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml",
@@ -368,7 +374,8 @@ def test_fault6_a_bad_number_says_how_to_write_it(wf) -> None:
             in proc.stdout + proc.stderr)
 
 
-def test_fault7_dataset_root_with_the_synthetic_benchmark_on_is_refused(wf) -> None:
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
+def test_dataset_root_with_the_synthetic_benchmark_on_is_refused(wf) -> None:
     from test_workflow import snakemake
 
     proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml",
@@ -395,7 +402,7 @@ PREFLIGHT_CFG = {"model": dict(MODEL), "student": {"student_backbone": None, "st
                  "stm": {"extractor": "warmup", "weights": None}}
 
 
-def test_fault4_preflight_reports_every_problem_at_once(tmp_path) -> None:
+def test_preflight_reports_every_problem_at_once(tmp_path) -> None:
     from bismap.io import InputError
     from bismap.stages import preflight
 
@@ -418,7 +425,7 @@ def test_fault4_preflight_reports_every_problem_at_once(tmp_path) -> None:
     assert not out.exists()
 
 
-def test_fault4_preflight_writes_its_report_when_all_is_well(tmp_path) -> None:
+def test_preflight_writes_its_report_when_all_is_well(tmp_path) -> None:
     import json
 
     from bismap.stages import preflight
@@ -432,7 +439,8 @@ def test_fault4_preflight_writes_its_report_when_all_is_well(tmp_path) -> None:
     assert "| target val |" in (tmp_path / "preflight.md").read_text()
 
 
-def test_fault4_every_training_rule_waits_for_the_preflight(wf) -> None:
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
+def test_every_training_rule_waits_for_the_preflight(wf) -> None:
     from test_workflow import snakemake
 
     proc = snakemake(wf, "-n", "--cores", "2", "--configfile", "configs/tiny.yaml")
@@ -449,7 +457,7 @@ def test_fault4_every_training_rule_waits_for_the_preflight(wf) -> None:
     assert not [line for line in code if "=ancient(" in line.replace(" ", "")]
 
 
-def test_fault5_preflight_warnings_reach_the_console(tmp_path, monkeypatch) -> None:
+def test_preflight_warnings_reach_the_console(tmp_path, monkeypatch) -> None:
     from bismap.stages import preflight
     from bismap.workflow.stage_logging import stage_logging
 
@@ -473,7 +481,7 @@ def test_fault5_preflight_warnings_reach_the_console(tmp_path, monkeypatch) -> N
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fault9_label_quality_records_the_thread_count(tmp_path, threads) -> None:
+def test_label_quality_records_the_thread_count(tmp_path, threads) -> None:
     import json
 
     from bismap.stages import naive_labels, teacher_labels
@@ -493,7 +501,7 @@ def test_fault9_label_quality_records_the_thread_count(tmp_path, threads) -> Non
     assert json.loads(tq.read_text())["threads"] == threads
 
 
-def test_fault3_evaluate_on_a_read_only_or_full_disk_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+def test_evaluate_on_a_read_only_or_full_disk_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     import errno
 
     from bismap.cli import main

@@ -59,6 +59,7 @@ def _roots(tmp_path: Path, src: Path, tgt: Path, **source) -> Path:
     return cfg
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_example_config_dry_runs_on_the_documented_layouts(wf, tmp_path):
     src, tgt = tmp_path / "my_source", tmp_path / "my_target"
     fake_gta5(src)
@@ -71,6 +72,7 @@ def test_example_config_dry_runs_on_the_documented_layouts(wf, tmp_path):
     assert str(src) in proc.stdout and str(tgt) in proc.stdout and "results/own_data/" in proc.stdout
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_example_config_with_synthia_source(wf, tmp_path):
     src, tgt = tmp_path / "synthia", tmp_path / "cs"
     fake_synthia(src)
@@ -91,6 +93,7 @@ def test_readers_accept_the_documented_layouts(tmp_path):
     assert len(train) == 2 and (train[0]["label"] == 255).all()
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_missing_root_stops_before_any_job(wf, tmp_path):
     tgt = tmp_path / "cs"
     fake_cityscapes(tgt)

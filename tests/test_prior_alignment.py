@@ -126,6 +126,7 @@ def test_aligned_teacher_labels_follow_the_source_prior(tmp_path) -> None:
                            out_quality=quality, cfg=aligned, data=DATA, runtime=runtime, alignment=settings)
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_the_source_prior_job_exists_only_when_a_stage_aligns(module_dir) -> None:
     from test_workflow import job_counts, make_copy, snakemake
 

@@ -106,6 +106,7 @@ def gpu_request(record: dict[str, str]) -> str:
 # Toy workflow (a -> b[gpu] -> c): the harness itself
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_toy_workflow_each_rule_is_a_job_gpu_only_where_declared(slurm_cluster, tmp_path):
     run = snakemake(tmp_path, "-s", str(TOY))
     assert run.returncode == 0, run.output
@@ -202,6 +203,7 @@ def cgroup_cluster(slurm_cluster):
         _cluster_up(cgroup=False)
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_toy_out_of_memory_names_mem_mb_and_retry_with_more_memory_succeeds(cgroup_cluster, tmp_path):
     # hog allocates 300 MB; mem_mb = 400 * attempt; the two snakemakes in the job need ~250 MB.
     args = ["-s", str(TOY), "--config", "targets=[results/hog.txt]", "hog_mb=300", "hog_mem_mb=400"]
@@ -264,6 +266,7 @@ def _checkpoint_difference(a: Path, b: Path) -> str:
     return ", ".join(diffs[:20]) or "same tensors and values, different bytes (serialisation)"
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 @needs_workflow
 def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     overlay = _gpu_overlay(tmp_path)
@@ -318,6 +321,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     assert not problems, "checkpoints differ between SLURM and local: " + "; ".join(problems)
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 @needs_workflow
 def test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
     # Enough iterations to cancel mid-training; a resume file after every iteration.

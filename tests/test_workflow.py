@@ -76,6 +76,7 @@ def wf(module_dir) -> Path:
 
 
 # ------------------------------------------------------------------------------------ fast tests
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_dry_run_has_every_stage(wf):
     assert dry_run(wf, "configs/tiny.yaml") == ALL_RULES
 
@@ -87,6 +88,7 @@ def test_default_config_dry_run_has_every_stage(wf):
     assert job_counts(proc.stdout + proc.stderr) == ALL_RULES
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_distillation_rounds_follow_config(wf, tmp_path):
     cfg = tmp_path / "rounds.yaml"
     cfg.write_text("distillation: {rounds: 3}\noracle: {enabled: false}\n")
@@ -111,6 +113,7 @@ def test_stylize_method_selects_the_source_images(wf, tmp_path):
     assert str(styl) in proc.stdout  # an input of the source-reading rules
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_real_dataset_roots_replace_the_synthetic_data(wf, tmp_path):
     src, tgt = tmp_path / "gta5", tmp_path / "cityscapes"
     src.mkdir()
@@ -124,6 +127,7 @@ def test_real_dataset_roots_replace_the_synthetic_data(wf, tmp_path):
     assert str(src) in proc.stdout and str(tgt) in proc.stdout
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_gpu_resource_follows_use_gpu(wf, tmp_path):
     cfg = tmp_path / "gpu.yaml"
     cfg.write_text("resources: {use_gpu: true, warmup: {threads: 2, mem_mb: 3000, runtime: 7}}\n")
@@ -135,6 +139,7 @@ def test_gpu_resource_follows_use_gpu(wf, tmp_path):
     assert "gpu=" not in report
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 @pytest.mark.parametrize("content, needle", [
     ("foo: 1\n", "unknown key foo"),
     ("train: {iteratons: 5}\n", "unknown key train.iteratons"),
@@ -159,6 +164,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(wf, tmp_path, content, n
     assert sorted((wf / "results").rglob("*")) == before
 
 
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_lint_is_clean(wf):
     proc = snakemake(wf, "--lint")
     assert proc.returncode == 0, proc.stdout + proc.stderr
