@@ -92,8 +92,11 @@ def run_step(step: "Step", ctx: "StepContext", side: SideThread, params: Sequenc
     """Run `step`: its teachers' forwards (on the side thread when enabled), then its terms in order on
     this thread, each finished term's backward started on the side thread when there are several.
     Returns the losses and the Branches (None: the caller does one backward of the summed losses)."""
-    ctx.teachers = _Results({name: side.forward(*_forward_args(spec(ctx), ctx.autocast))
-                             for name, spec in step.teachers.items()})
+    pending = {}
+    for name, spec in step.teachers.items():
+        model, image, mode = spec(ctx)
+        pending[name] = side.forward(model, image, ctx.autocast, mode)
+    ctx.teachers = _Results(pending)
     branches = Branches(side, params) if side.enabled and len(step.terms) > 1 else None
     losses: dict[str, torch.Tensor] = {}
     for term in step.terms:
@@ -104,11 +107,6 @@ def run_step(step: "Step", ctx: "StepContext", side: SideThread, params: Sequenc
         if branches is not None:
             branches.add(list(out.values()))
     return losses, branches
-
-
-def _forward_args(spec: tuple, autocast: Callable[[], ContextManager]) -> tuple:
-    model, image, mode = spec
-    return model, image, autocast, mode
 
 
 class Branches:
