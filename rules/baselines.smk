@@ -56,6 +56,7 @@ rule naive_self_training:
     threads: threads("naive_self_training")
     resources:
         **res("naive_self_training"),
+    retries: submission_retries("naive_self_training")
     conda:
         ENV
     script:
@@ -86,6 +87,7 @@ if ORACLE:
         threads: threads("oracle")
         resources:
             **res("oracle"),
+        retries: submission_retries("oracle")
         conda:
             ENV
         script:

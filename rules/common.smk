@@ -66,12 +66,21 @@ def res(stage):
     """Resources of one stage from the `resources` section."""
     r = C(f"resources/{stage}")
     # A retried job (profile `retries`) gets attempt x the memory and time: a job killed for
-    # exceeding either succeeds on a later attempt instead of failing the same way again.
+    # exceeding either succeeds on a later attempt instead of failing the same way again. A training
+    # stage meant to span several jobs (`submissions` > 1) keeps its runtime: each job continues.
+    spans_jobs = r.get("submissions", 1) > 1
     out = {"mem_mb": lambda wildcards, attempt: r["mem_mb"] * attempt,
-           "runtime": lambda wildcards, attempt: r["runtime"] * attempt}
+           "runtime": lambda wildcards, attempt: r["runtime"] * (1 if spans_jobs else attempt)}
     if stage in GPU_STAGES:
         out["gpu"] = 1 if C("resources/use_gpu") else 0
     return out
+
+
+def submission_retries(stage):
+    """A training stage that may span `submissions` jobs (each one stopped at its time limit leaves a
+    resume file) is submitted up to that many times in all; None: the profile's `retries`."""
+    n = C(f"resources/{stage}/submissions")
+    return None if n <= 1 else n - 1
 
 
 def prior_input(section):

@@ -31,6 +31,7 @@ rule self_training:
     priority: MAINLINE
     resources:
         **res("self_training"),
+    retries: submission_retries("self_training")
     conda:
         ENV
     script:
@@ -96,6 +97,7 @@ rule distillation:
     priority: MAINLINE
     resources:
         **res("distillation"),
+    retries: submission_retries("distillation")
     conda:
         ENV
     script:

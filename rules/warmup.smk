@@ -24,6 +24,7 @@ rule warmup:
     priority: MAINLINE
     resources:
         **res("warmup"),
+    retries: submission_retries("warmup")
     conda:
         ENV
     script:

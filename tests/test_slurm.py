@@ -340,3 +340,39 @@ def test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint(slurm_cluste
     m = re.search(r"resuming from \S+\.resume\.pt at iteration (\d+)/12", text)
     assert m and int(m.group(1)) >= 2, text
     assert (work / "results" / "tiny" / "models" / "warmup.pt").exists()
+
+
+@pytest.mark.slow  # minutes: a training stage of ~3 min in jobs of 1 min
+@needs_workflow
+def test_tiny_warmup_longer_than_its_time_limit_finishes_through_resubmission(slurm_cluster, tmp_path):
+    """runtime 1 min, a warm-up of about 3 min: each job stops at SLURM's time limit (SIGTERM) with a
+    resume file, the rule is resubmitted (`submissions`), and the checkpoint equals an uninterrupted
+    local run's byte for byte."""
+    iterations = int(os.environ.get("BISMAP_TEST_LONG_WARMUP_ITERATIONS", "1800"))  # ~3 min, ~10 it/s
+    overlay = _gpu_overlay(tmp_path, "  warmup: {threads: 1, mem_mb: 1000, runtime: 1, submissions: 8}\n"
+                                     f"train_overrides:\n  warmup: {{iterations: {iterations}}}\n"
+                                     "runtime: {checkpoint_every: 300, log_every: 100}\n")
+    configs = [str(TINY_CONFIG), str(overlay)]
+    local_dir = tmp_path / "local"
+    with open(tmp_path / "local.out", "w") as local_log:
+        local = subprocess.Popen([*SNAKEMAKE, "--cores", "1", "-d", str(local_dir), "--configfile", *configs,
+                                  "--until", "warmup"], cwd=REPO, stdout=local_log, stderr=subprocess.STDOUT)
+        try:
+            run = snakemake(tmp_path / "slurm", "--configfile", *configs, "--until", "warmup", "--retries", "0",
+                            timeout=1200)
+            local_rc = local.wait(timeout=1200)
+        finally:
+            if local.poll() is None:
+                local.kill()
+    assert run.returncode == 0, run.output[-6000:]
+    assert local_rc == 0, (tmp_path / "local.out").read_text()[-6000:]
+    ids = run.jobs()["warmup"]
+    states = [job_record(i)["JobState"] for i in ids]
+    assert len(ids) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"TIMEOUT"}, (states, run.output[-4000:])
+    log = (tmp_path / "slurm" / "logs" / "tiny" / "warmup.log.attempts").read_text()
+    stops = [int(m) for m in re.findall(rf"stopped by SIGTERM after iteration (\d+)/{iterations}", log)]
+    resumes = [int(m) for m in re.findall(rf"resuming from \S+ at iteration (\d+)/{iterations}", log)]
+    assert len(stops) == len(ids) - 1 and resumes == stops, log[-4000:]  # each job continued where the last stopped
+    rel = Path("results") / "tiny" / "models" / "warmup.pt"
+    a, b = tmp_path / "slurm" / rel, local_dir / rel
+    assert filecmp.cmp(a, b, shallow=False), _checkpoint_difference(a, b)

@@ -2,6 +2,7 @@
 
 device (threads, device, AMP), stream (resumable infinite batches), optim (SGD 1x/10x,
 warm-up + poly), ema (mean teacher), checkpoint (final + resume files), trainer (fit),
+preemption (stop on SLURM's SIGTERM with a resume file), progress (ETA, TensorBoard, seeds),
 inference (multi-scale/flip logits, AdaBN), distributed (DDP via torchrun or SLURM).
 Submodules are imported on demand so `import bismap.engine` stays cheap.
 """

@@ -137,6 +137,16 @@ def all_gather_object(obj):
     return out
 
 
+def any_rank(flag: bool) -> bool:
+    """True when `flag` is true on any rank (one small all-reduce per call under a process group)."""
+    if world_size() <= 1:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

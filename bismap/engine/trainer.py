@@ -7,7 +7,6 @@ scheduler and (optionally) the EMA teacher step. The whole state is checkpointed
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,9 +23,11 @@ from bismap.engine.divergence import Diverged, DivergenceGuard, nonfinite_tensor
 from bismap.engine.ema import create_ema, update_ema
 from bismap.engine.fingerprint import changed_parts
 from bismap.engine.optim import from_train_cfg
+from bismap.engine.preemption import Preempted, StopSignals, slurm_time_limits, submissions_note
+from bismap.engine.progress import format_eta, seed_everything, tensorboard_writer
 from bismap.engine.side_thread import SideThread, run_step
 from bismap.engine.step_context import Step, StepContext, as_step
-from bismap.engine.stream import InfiniteStream, mix_seed
+from bismap.engine.stream import InfiniteStream
 from bismap.models.checkpointing import set_activation_checkpointing
 
 # Every key of the `train` config slice the trainer reads (configs/schema.yaml holds their defaults).
@@ -67,35 +68,6 @@ def runtime_options(runtime: Mapping[str, Any]) -> dict:
             "max_loss_growth": float(runtime["max_loss_growth"]),
             "max_weight_growth": float(runtime["max_weight_growth"]),
             "activation_checkpointing": bool(runtime.get("activation_checkpointing", False))}
-
-
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _seed_everything(seed: int, rank: int) -> None:
-    import random
-
-    import numpy as np
-
-    s = mix_seed(seed, rank, 1)
-    random.seed(s)
-    np.random.seed(s % (2**32))
-    torch.manual_seed(s)
-
-
-def _tensorboard_writer(folder: Path | None):
-    if folder is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:  # a dependency, but training does not need it
-        print(f"note: no TensorBoard event files ({e}); `pip install tensorboard` to get them", flush=True)
-        return None
-    return SummaryWriter(log_dir=str(folder))
 
 
 @dataclass
@@ -196,26 +168,45 @@ def _train(run: _Run, loss_fn, tensorboard_dir) -> None:
         return
     start = _resume(run)
     if start == 0:
-        _seed_everything(int(run.cfg["seed"]), run.info.rank)
+        seed_everything(int(run.cfg["seed"]), run.info.rank)
     _open_log(run, tensorboard_dir)
     run.guard.start(run.model)
     window = _LossWindow()
-    for it in range(start, run.total):
-        losses, loss = _step(run, loss_fn, it)
-        run.guard.record_first_loss(loss)  # a host sync at the first iteration only
-        window.add(losses, loss)
-        done = it + 1
-        if done % run.log_every == 0 or done == run.total:
-            _log_progress(run, window, done)  # checks for divergence (also the final state's)
-            window = _LossWindow()
-        if run.checkpoint_every > 0 and done % run.checkpoint_every == 0 and done < run.total:
-            ddp.broadcast_buffers(run.model)
-            ddp.broadcast_buffers(run.ema)
-            partial = float(window.sums["total"]) / window.count if window.count else None
-            _check_divergence(run, done, partial)  # never write a diverged resume file
-            _save_resume(run, done)
+    started, noted = time.perf_counter(), False
+    with StopSignals() as stop:
+        for it in range(start, run.total):
+            losses, loss = _step(run, loss_fn, it)
+            run.guard.record_first_loss(loss)  # a host sync at the first iteration only
+            window.add(losses, loss)
+            done = it + 1
+            if done % run.log_every == 0 or done == run.total:
+                _log_progress(run, window, done)  # checks for divergence (also the final state's)
+                window = _LossWindow()
+            periodic = run.checkpoint_every > 0 and done % run.checkpoint_every == 0
+            stopping = done < run.total and stop.requested()  # every rank asks, every iteration
+            if done < run.total and (periodic or stopping):
+                _checkpoint(run, window, done)
+                if stopping:
+                    _note(run, f"stopped by {stop.name} after iteration {done}/{run.total}: wrote "
+                               f"{run.resume_file}; the next run of this stage continues from there")
+                    raise Preempted(f"{run.out_checkpoint}: stopped by {stop.name} at iteration {done}/{run.total}")
+                if not noted:  # the first checkpoint of this job: will the job's time limit cut the stage?
+                    noted = True
+                    note = submissions_note((done - start) / (time.perf_counter() - started), run.total - done,
+                                            slurm_time_limits() if run.main else None)
+                    if note:
+                        _note(run, note)
     _save_final(run)
     ddp.barrier()
+
+
+def _checkpoint(run: _Run, window: _LossWindow, done: int) -> None:
+    """The resume file after iteration `done` (same buffers on every rank; never a diverged state)."""
+    ddp.broadcast_buffers(run.model)
+    ddp.broadcast_buffers(run.ema)
+    partial = float(window.sums["total"]) / window.count if window.count else None
+    _check_divergence(run, done, partial)
+    _save_resume(run, done)
 
 
 def _setup(model, streams, train_cfg, out_checkpoint, fingerprint, ema_decay, device, extra_state, model_config,
@@ -307,7 +298,7 @@ def _open_log(run: _Run, tensorboard_dir) -> None:
     """TensorBoard writer (rank 0, when wanted and installed) and the run's first log line."""
     if run.main and tensorboard_dir is not None:
         tb = Path(str(run.out_checkpoint) + ".tb") if tensorboard_dir == "auto" else Path(tensorboard_dir)
-        run.writer = _tensorboard_writer(tb)
+        run.writer = tensorboard_writer(tb)
     _note(run, f"training {run.total} iterations on {run.device} (world {run.info.world_size}, amp {run.amp.name}, "
                f"channels_last {run.channels_last}, ema {run.ema_decay}) -> {run.out_checkpoint}")
 
@@ -346,7 +337,7 @@ def _log_progress(run: _Run, window: _LossWindow, done: int) -> None:
     lr = run.optimizer.param_groups[0]["lr"]
     if run.main:
         parts = " ".join(f"{k} {v:.4f}" for k, v in means.items())
-        print(f"[{done}/{run.total}] {rate:.2f} it/s ETA {_format_eta((run.total - done) / rate)} | {parts} | "
+        print(f"[{done}/{run.total}] {rate:.2f} it/s ETA {format_eta((run.total - done) / rate)} | {parts} | "
               f"lr {lr:.3g}", flush=True)
         if run.writer is not None:
             for k, v in means.items():

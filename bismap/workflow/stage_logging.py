@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from bismap.engine.preemption import EXIT_CODE as PREEMPTED_EXIT
+from bismap.engine.preemption import Preempted
 from bismap.io import InputError, os_error_in, os_error_message, remove_stale_temporaries
 
 
@@ -157,6 +159,10 @@ An OS error (disk full, permission denied, read-only file
                 print(f"[{rule}] removed {p}, left by a killed earlier attempt", flush=True)
         try:
             yield
+        except Preempted as e:  # SIGTERM / SIGUSR1 mid-training: the resume file is written
+            print(f"[{rule}] {e}; exit {PREEMPTED_EXIT}, the next submission resumes", flush=True)
+            _console(f"bismap {rule}: {e} (resume file written; the rule's retries resubmit it)")
+            raise SystemExit(PREEMPTED_EXIT) from None
         except InputError as e:
             print(f"[{rule}] error: {e}", flush=True)
             _console(f"bismap {rule}: error: {e}")
