@@ -18,8 +18,6 @@ import subprocess
 import threading
 from types import FrameType
 
-from bismap.engine import distributed as ddp
-
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: sbatch --signal=USR1@<seconds> before the limit
 EXIT_CODE = 75  # EX_TEMPFAIL: stopped on purpose, resumable
 
@@ -32,17 +30,22 @@ class StopSignals:
     """Context manager: while inside, SIGTERM / SIGUSR1 set a flag instead of killing the process.
 
     Outside the main thread (where Python cannot install handlers) it does nothing. The previous
-    handlers come back on exit, so the rest of the stage dies on a signal as it always did.
+    handlers come back on exit, so the rest of the stage dies on a signal as it always did. (torch is
+    imported on entry, not with the module: bismap.workflow.stage_logging imports this before torch.)
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._any_rank = None  # ddp.any_rank under a process group; None in one process
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
 
     def __enter__(self) -> "StopSignals":
+        from bismap.engine import distributed as ddp
+
+        self._any_rank = ddp.any_rank if ddp.world_size() > 1 else None
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -55,7 +58,8 @@ class StopSignals:
 
     def requested(self) -> bool:
         """True when any rank received a stop signal (all ranks then stop at the same iteration)."""
-        return ddp.any_rank(self.received is not None)
+        received = self.received is not None
+        return received if self._any_rank is None else self._any_rank(received)
 
     @property
     def name(self) -> str:
