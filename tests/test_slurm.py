@@ -372,7 +372,11 @@ def test_tiny_warmup_longer_than_its_time_limit_finishes_through_resubmission(sl
     log = (tmp_path / "slurm" / "logs" / "tiny" / "warmup.log.attempts").read_text()
     stops = [int(m) for m in re.findall(rf"stopped by SIGTERM after iteration (\d+)/{iterations}", log)]
     resumes = [int(m) for m in re.findall(rf"resuming from \S+ at iteration (\d+)/{iterations}", log)]
-    assert len(stops) == len(ids) - 1 and resumes == stops, log[-4000:]  # each job continued where the last stopped
+    # SLURM enforces the limit only every ~30 s, so a job may finish its last iteration and still be
+    # killed (TIMEOUT) before it exits: the next submission then restores the finished checkpoint.
+    restored = len(re.findall(r"restored from \S+\.finished\.pt without training", log))
+    assert stops and resumes == stops, log[-4000:]  # each job continued where the last stopped
+    assert len(ids) == len(stops) + 1 + restored and restored <= 1, (ids, stops, restored, log[-4000:])
     rel = Path("results") / "tiny" / "models" / "warmup.pt"
     a, b = tmp_path / "slurm" / rel, local_dir / rel
     assert filecmp.cmp(a, b, shallow=False), _checkpoint_difference(a, b)
