@@ -71,9 +71,27 @@ def res(stage):
     spans_jobs = r.get("submissions", 1) > 1
     out = {"mem_mb": lambda wildcards, attempt: r["mem_mb"] * attempt,
            "runtime": lambda wildcards, attempt: r["runtime"] * (1 if spans_jobs else attempt)}
+    world = ranks(stage)
     if stage in GPU_STAGES:
-        out["gpu"] = 1 if C("resources/use_gpu") else 0
+        out["gpu"] = world if C("resources/use_gpu") else 0
+    if "gpus" in r:
+        # Every training job names its rank count (the script passes it to the stage: engine.launch).
+        # Several ranks make it an "mpi" job for the SLURM plugin: no `srun -n1` around the job, and
+        # the stage's own srun step starts the tasks (--ntasks, --cpus-per-task, one task per GPU).
+        out["ranks"] = world
+        if world > 1:
+            out.update(mpi="srun", tasks=world, cpus_per_task=r["threads"])
+            if C("resources/use_gpu"):
+                out["tasks_per_gpu"] = 1
+            if r["nodes"] > 1:
+                out["nodes"] = r["nodes"]
     return out
+
+
+def ranks(stage):
+    """DDP ranks of a stage: gpus x nodes for training stages, 1 for the rest."""
+    r = C(f"resources/{stage}")
+    return r.get("gpus", 1) * r.get("nodes", 1)
 
 
 def submission_retries(stage):
@@ -95,7 +113,8 @@ MAINLINE = 10
 
 
 def threads(stage):
-    return C(f"resources/{stage}/threads")
+    """The job's threads: per rank x ranks (the cores a local run reserves for it)."""
+    return C(f"resources/{stage}/threads") * ranks(stage)
 
 
 # ---------------------------------------------------------------------------------------------

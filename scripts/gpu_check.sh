@@ -4,7 +4,8 @@
 # backward, 1 EMA-teacher forward) with AMP + channels_last, its peak memory, and whether it
 # fits the original's 11 GB card (GTX 1080 Ti / RTX 2080 Ti: 11 GiB, less ~0.6 GiB for the CUDA context),
 # and with runtime.activation_checkpointing an 8 GB card;
-# then the tiny workflow end to end with every stage on the GPU (results/gpu_check_tiny/).
+# then the tiny workflow end to end with every stage on the GPU (results/gpu_check_tiny/), and with
+# several GPUs the tiny warm-up on all of them against one (DDP, same global batch).
 #   bash scripts/gpu_check.sh                       # ITERS=20 WARMUP=5 by default
 #   PARTS=tiny DEVICE=cpu bash scripts/gpu_check.sh # only the tiny workflow, here on the CPU
 set -euo pipefail
@@ -63,6 +64,32 @@ if [[ " $PARTS " == *" tiny "* ]]; then
     fi
   else
     echo "FAIL: tiny workflow on $DEVICE (last lines of $OUT/tiny_workflow.log below)"; tail -20 "$OUT/tiny_workflow.log"; status=1
+  fi
+fi
+if [[ " $PARTS " == *" tiny "* && $DEVICE == cuda* ]]; then
+  # DDP: the tiny warm-up on every GPU (resources.warmup.gpus) against one GPU, same global batch
+  NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+  if [ "$NGPU" -gt 1 ]; then
+    for n in 1 "$NGPU"; do
+      printf 'experiment: gpu_check_ddp%s\nruntime: {device: cuda}\nresources:\n  use_gpu: true\n  warmup: {gpus: %s}\ntrain: {batch_size: %s}\ntrain_overrides:\n  warmup: {iterations: 20}\nmodel: {dropout: 0.0}\naugment: {scale: [1.0, 1.0]}\n' \
+        "$n" "$n" "$((2 * NGPU))" > "$OUT/ddp$n.yaml"
+      rm -rf "results/gpu_check_ddp$n" "logs/gpu_check_ddp$n"
+      t0=$(date +%s)
+      $PY -m snakemake --cores "$((NGPU * 2))" --resources gpu="$NGPU" --configfile config.yaml configs/tiny.yaml \
+          "$OUT/ddp$n.yaml" --until warmup > "$OUT/ddp$n.log" 2>&1 || { echo "FAIL: warm-up on $n GPU(s), see $OUT/ddp$n.log"; status=1; }
+      echo "warm-up on $n GPU(s): $(( $(date +%s) - t0 )) s"
+    done
+    $PY - "$NGPU" <<'PYEOF' || status=1
+import sys, torch
+n = sys.argv[1]
+a, b = (torch.load(f"results/gpu_check_ddp{k}/models/warmup.pt", weights_only=True)["model"] for k in ("1", n))
+d = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+ok = d < 1e-2  # cuDNN kernels differ with the per-GPU batch; CPU ranks agree to ~1e-6 (tests/test_multi_rank.py)
+print(f"{'PASS' if ok else 'FAIL'}: tiny warm-up on {n} GPUs vs 1: largest weight difference {d:.2e}")
+sys.exit(0 if ok else 1)
+PYEOF
+  else
+    echo "SKIP: DDP comparison needs several GPUs ($NGPU here)"
   fi
 fi
 if [[ " $PARTS " == *" paper "* ]]; then

@@ -13,4 +13,5 @@ with stage_logging(smk):
         out_checkpoint=smk.output.checkpoint, model=smk.params.model, train=smk.params.train,
         train_overrides=smk.params.train_overrides,
         augment=smk.params.augment, cfg=smk.params.cfg, data=smk.params.data,
-        runtime=smk.config["runtime"], threads=smk.threads)
+        runtime=smk.config["runtime"], threads=smk.threads,
+        ranks=smk.resources.ranks)

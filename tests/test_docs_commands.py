@@ -64,10 +64,6 @@ SKIP: dict[str, str] = {
     "sudo bash tests/cluster/slurm_up.sh": NEEDS_ROOT_SLURM,
     "sudo bash tests/cluster/slurm_down.sh": NEEDS_ROOT_SLURM,
     "pytest -m slurm tests/test_slurm.py": "part of this test suite (tests/test_slurm.py)",
-    "torchrun --standalone --nproc_per_node 4 your_entry.py ...":
-        "a pattern for several GPUs (your_entry.py is a placeholder)",
-    "srun --nodes 2 --ntasks-per-node 4 --gpus-per-task 1 python your_entry.py ...":
-        "a pattern for a SLURM allocation with GPUs (your_entry.py is a placeholder)",
 }
 
 # A link target that may dangle until another branch adds it.

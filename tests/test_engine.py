@@ -155,6 +155,37 @@ def test_stream_rank_slices_are_disjoint():
     assert not set(parts[0]) & set(parts[1]) and len(parts[0]) == len(parts[1]) == 5
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_stream_batch_is_global_the_ranks_split_it(world):
+    """train.batch_size keeps its meaning with N ranks: batch b of all ranks together is one process's batch b."""
+    one = stream.InfiniteStream(ToyData(13), 4, seed=5).epoch_batches(1)
+    ranks = [stream.InfiniteStream(ToyData(13), 4, seed=5, rank=r, world_size=world).epoch_batches(1)
+             for r in range(world)]
+    assert len(one) == 3 and all(len(b) == len(one) for b in ranks)
+    for b, batch in enumerate(one):
+        assert all(len(r[b]) == 4 // world for r in ranks)
+        assert sorted(i for r in ranks for i in r[b]) == sorted(batch)
+
+
+def test_stream_state_continues_with_another_world_size():
+    """A resume file written by 2 ranks continues on 1 process (and back) at the same global batch."""
+    two = [stream.InfiniteStream(ToyData(12), 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in two:
+        for _ in range(5):  # into the second epoch
+            next(s)
+    one = stream.InfiniteStream(ToyData(12), 4, seed=3)
+    one.load_state_dict(two[0].state_dict())
+    ref = stream.InfiniteStream(ToyData(12), 4, seed=3)
+    for _ in range(5):
+        next(ref)
+    assert torch.equal(next(one)["index"], next(ref)["index"])
+
+
+def test_stream_batch_must_split_evenly_over_ranks():
+    with pytest.raises(InputError, match="multiple of the number of GPUs"):
+        stream.InfiniteStream(ToyData(12), 3, seed=0, world_size=2)
+
+
 def test_stream_too_small_dataset():
     with pytest.raises(InputError):
         stream.InfiniteStream(ToyData(2), 3, seed=0)

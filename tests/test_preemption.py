@@ -83,3 +83,21 @@ def test_submissions_set_the_rule_retries(tmp_path):
         rules = {r.name: r for r in workflow.rules}
         assert rules["self_training"]._restart_times == 3
         assert rules["warmup"]._restart_times is None and rules["distillation"]._restart_times is None
+
+
+def test_gpus_and_nodes_make_a_multi_rank_slurm_job(tmp_path):
+    """`gpus: 4, nodes: 2` -> 8 ranks: an mpi job (no srun -n1 around it) of 8 tasks, one per GPU, threads
+    per task; the job reserves threads x ranks cores locally. Stages without it stay one process."""
+    from test_rule_params import make_copy, parsed
+
+    wf = make_copy(tmp_path / "wf")
+    (wf / "multi.yaml").write_text("resources:\n  use_gpu: true\n"
+                                   "  self_training: {threads: 3, gpus: 4, nodes: 2}\n")
+    with parsed(wf, "multi.yaml") as workflow:
+        rules = {r.name: r for r in workflow.rules}
+        res = rules["self_training"].resources
+        assert (res["gpu"], res["ranks"], res["tasks"], res["tasks_per_gpu"], res["nodes"]) == (8, 8, 8, 1, 2)
+        assert res["mpi"] == "srun" and res["cpus_per_task"] == 3
+        assert res["_cores"] == 24  # 3 per rank x 8 ranks
+        single = rules["warmup"].resources
+        assert single["gpu"] == 1 and single["ranks"] == 1 and "mpi" not in single and "tasks" not in single

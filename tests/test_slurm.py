@@ -323,9 +323,12 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
 
 @pytest.mark.slow  # over 5 s measured (pytest --durations)
 @needs_workflow
-def test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
-    # Enough iterations to cancel mid-training; a resume file after every iteration.
-    overlay = _gpu_overlay(tmp_path, "train_overrides:\n  warmup: {iterations: 12}\nruntime: {checkpoint_every: 1}\n")
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint(slurm_cluster, tmp_path, gpus):
+    # Enough iterations to cancel mid-training; a resume file after every iteration. gpus 2: the job's
+    # 2 ranks (one srun step) all stop on the cancel's SIGTERM, and the next job's 2 ranks resume.
+    overlay = _gpu_overlay(tmp_path, f"  warmup: {{gpus: {gpus}}}\ntrain: {{batch_size: 4}}\n"
+                                     "train_overrides:\n  warmup: {iterations: 12}\nruntime: {checkpoint_every: 1}\n")
     work = tmp_path / "w"
     log = work / "logs" / "tiny" / "warmup.log"
     run, cancelled = _cancel_once_checkpointed(
@@ -340,6 +343,8 @@ def test_tiny_warmup_scancel_is_retried_and_resumes_from_checkpoint(slurm_cluste
     m = re.search(r"resuming from \S+\.resume\.pt at iteration (\d+)/12", text)
     assert m and int(m.group(1)) >= 2, text
     assert (work / "results" / "tiny" / "models" / "warmup.pt").exists()
+    if gpus > 1:
+        assert text.count("started 2 ranks (srun") == 2 and "[rank 1] rank 1/2" in text, text
 
 
 @pytest.mark.slow  # minutes: a training stage of ~3 min in jobs of 1 min
@@ -380,3 +385,30 @@ def test_tiny_warmup_longer_than_its_time_limit_finishes_through_resubmission(sl
     rel = Path("results") / "tiny" / "models" / "warmup.pt"
     a, b = tmp_path / "slurm" / rel, local_dir / rel
     assert filecmp.cmp(a, b, shallow=False), _checkpoint_difference(a, b)
+
+
+@pytest.mark.slow  # a tiny warm-up on SLURM and locally, ~2 min
+@needs_workflow
+def test_tiny_warmup_on_two_slurm_tasks_equals_one_process(slurm_cluster, tmp_path):
+    """`gpus: 2`: one sbatch job of 2 tasks (one per fake GPU) whose srun step trains 2 DDP ranks (gloo on
+    the CPU); the checkpoint equals a local 1-process run's within tests/test_multi_rank.py's tolerance."""
+    from test_multi_rank import EQUAL, TOLERANCE, max_difference
+
+    extra = "  warmup: {threads: 1, mem_mb: 1500, gpus: GPUS}\n" + EQUAL
+    two = _gpu_overlay(tmp_path, extra.replace("GPUS", "2"))
+    one = tmp_path / "one.yaml"
+    one.write_text(two.read_text().replace("gpus: 2", "gpus: 1"))
+    local_dir = tmp_path / "local"
+    local = subprocess.run([*SNAKEMAKE, "--cores", "1", "-d", str(local_dir), "--configfile", str(TINY_CONFIG),
+                            str(one), "--until", "warmup"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-4000:]
+    run = snakemake(tmp_path / "slurm", "--configfile", str(TINY_CONFIG), str(two), "--until", "warmup",
+                    "--retries", "0", timeout=900)
+    assert run.returncode == 0, run.output[-6000:]
+    (job,) = run.jobs()["warmup"]
+    rec = job_record(job)
+    assert rec["JobState"] == "COMPLETED" and rec["NumTasks"] == "2" and "gpu:2" in gpu_request(rec), rec
+    log = (tmp_path / "slurm" / "logs" / "tiny" / "warmup.log").read_text()
+    assert "started 2 ranks (srun" in log and "rank 0/2" in log and "[rank 1] rank 1/2" in log, log[-4000:]
+    rel = Path("results") / "tiny" / "models" / "warmup.pt"
+    assert max_difference(tmp_path / "slurm" / rel, local_dir / rel) < TOLERANCE

@@ -139,13 +139,15 @@ def restore_training_state(state: dict, model, ema, optimizer, scheduler, scaler
     scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    stream_states = state["streams"][rank]
+    # Stream positions count global batches, so any saved rank's state serves any rank of any
+    # world size; RNG streams are per rank (rank r continues saved rank r mod the saved world).
+    stream_states = state["streams"][rank % len(state["streams"])]
     missing = set(streams) - set(stream_states)
     if missing:
         raise ValueError(f"resume file has no state for stream(s) {sorted(missing)}")
     for name, s in streams.items():
         s.load_state_dict(stream_states[name])
-    restore_rng_state(state["rng"][rank])
+    restore_rng_state(state["rng"][rank % len(state["rng"])])
     return int(state["iteration"])
 
 

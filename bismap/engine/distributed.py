@@ -101,16 +101,28 @@ def barrier() -> None:
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP with SyncBatchNorm when world > 1; the model itself otherwise.
 
-    SyncBatchNorm only runs on GPUs: on CPU (gloo, used by the tests) BN stays per-rank and
-    DDP broadcasts rank 0's running statistics instead, so all ranks still hold equal weights.
+    torch's SyncBatchNorm only runs on GPUs; CPU ranks (gloo: the tests, CPU clusters) get
+    engine.sync_batchnorm's equivalent, so N ranks train the one-process model either way. The
+    BatchNorm layers are converted in place: `model` stays the module that checkpoints save.
     """
     if world_size() <= 1:
         return model
     if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place
         ids = [device.index if device.index is not None else torch.cuda.current_device()]
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-    return nn.parallel.DistributedDataParallel(model, broadcast_buffers=True)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, **_no_buffer_sync())
+    from bismap.engine.sync_batchnorm import convert_cpu_sync_batchnorm
+
+    convert_cpu_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, **_no_buffer_sync())
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's switch for "do not re-broadcast buffers every forward" (renamed in newer torch)."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -80,10 +80,8 @@ class _EpochBatchSampler:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         # Built eagerly: epoch and position are read when the loader starts a pass, not later.
         s = self.stream
-        order = s.epoch_indices(s.epoch)
-        bs = s.batch_size
-        return iter([[(s.epoch, int(i)) for i in order[b * bs:(b + 1) * bs]]
-                     for b in range(s.position, s.batches_per_epoch)])
+        batches = s.epoch_batches(s.epoch)
+        return iter([[(s.epoch, i) for i in batch] for batch in batches[s.position:]])
 
     def __len__(self) -> int:
         return self.stream.batches_per_epoch - self.stream.position
@@ -92,8 +90,12 @@ class _EpochBatchSampler:
 class InfiniteStream:
     """Iterator of collated batches over endless shuffled epochs; exact resume via state_dict().
 
-    Under DDP (or with explicit rank/world_size) every rank draws the same epoch permutation
-    and takes its own interleaved slice, so the ranks together see each sample once per epoch.
+    `batch_size` is the global batch. Under DDP (or with explicit rank/world_size) every rank draws
+    the same epoch permutation and takes its own interleaved slice of it, `batch_size / world` samples
+    per batch, so batch b of all ranks together holds exactly the samples of one process's batch b
+    (train.batch_size and the LR schedule keep their meaning with any number of GPUs), and
+    (epoch, position) mean the same thing whatever the world size: a resume file written by N
+    processes continues with M.
     """
 
     def __init__(self, dataset: Any, batch_size: int, seed: int, workers: int = 0, drop_last: bool = True, *,
@@ -129,16 +131,19 @@ class InfiniteStream:
 
     def _layout_for(self, rank: int, world: int) -> None:
         self.rank, self.world_size = rank, world
+        where = getattr(self.dataset, "root", None) or type(self.dataset).__name__
+        if self.batch_size % world:
+            raise InputError(f"{where}: a batch of {self.batch_size} cannot be split evenly over {world} "
+                             f"processes; make train.batch_size a multiple of the number of GPUs")
+        self.rank_batch_size = self.batch_size // world
         n = len(self.dataset)
-        self.samples_per_rank = n // world
         if self.drop_last:
-            self.batches_per_epoch = self.samples_per_rank // self.batch_size
+            self.batches_per_epoch = n // self.batch_size
         else:
-            self.batches_per_epoch = -(-self.samples_per_rank // self.batch_size)
+            self.batches_per_epoch = -(-n // self.batch_size)
         if self.batches_per_epoch < 1:
-            where = getattr(self.dataset, "root", None) or type(self.dataset).__name__
-            raise InputError(f"{where}: {n} samples cannot fill one batch of {self.batch_size} "
-                             f"per process ({world} process(es)); lower train.batch_size")
+            raise InputError(f"{where}: {n} samples cannot fill one batch of {self.batch_size}; "
+                             f"lower train.batch_size")
 
     def _resolve(self) -> None:
         """Rank and world size are read at first use, so a stream built before the trainer joins
@@ -150,14 +155,18 @@ class InfiniteStream:
                          w if self._world_arg is None else int(self._world_arg))
         self._resolved = True
 
-    def epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's sample order for `epoch`: a seeded permutation, sliced per rank."""
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of `epoch`: global batch b is perm[b*B:(b+1)*B] of a seeded
+        permutation, and this rank takes every world-th sample of it."""
         self._resolve()
         g = torch.Generator()
         g.manual_seed(mix_seed(self.seed, epoch))
-        perm = torch.randperm(len(self.dataset), generator=g)
-        perm = perm[: self.samples_per_rank * self.world_size]
-        return perm[self.rank::self.world_size].tolist()
+        perm = torch.randperm(len(self.dataset), generator=g)[: self.batches_per_epoch * self.batch_size]
+        return [b[self.rank::self.world_size].tolist() for b in perm.split(self.batch_size)]
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's sample order for `epoch` (its batches, concatenated)."""
+        return [i for b in self.epoch_batches(epoch) for i in b]
 
     def __iter__(self) -> "InfiniteStream":
         return self
@@ -185,7 +194,7 @@ class InfiniteStream:
     def load_state_dict(self, state: dict) -> None:
         """Continue at the exact next batch; refuses a state from a different data setup."""
         self._resolve()
-        for key in ("seed", "batch_size", "num_samples", "world_size"):
+        for key in ("seed", "batch_size", "num_samples"):  # the world size may differ (see the class)
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise ValueError(f"stream state has {key}={state[key]}, this stream has {mine}")

@@ -243,7 +243,7 @@ def _setup(model, streams, train_cfg, out_checkpoint, fingerprint, ema_decay, de
 
 def _resume(run: _Run) -> int:
     """The iteration to start from: the resume file's when it is readable and was written by this
-    fingerprint and world size (its state then restored), else 0."""
+    fingerprint, by any number of processes (its state then restored), else 0."""
     if not run.resume_file.exists():
         return 0
     state = None
@@ -259,8 +259,8 @@ def _resume(run: _Run) -> int:
         state = None
     if state is not None and int(state.get("world_size", 1)) != run.info.world_size:
         _note(run, f"note: {run.resume_file} was written by {state.get('world_size')} process(es), this run has "
-                   f"{run.info.world_size}; starting fresh")
-        state = None
+                   f"{run.info.world_size}: continuing with the same global batches (not bit-identical to a run "
+                   f"at one world size)")
     bad = None if state is None else nonfinite_tensor(state["model"]) or nonfinite_tensor(state.get("ema") or {})
     if bad is not None:
         _note(run, f"note: not resuming from {run.resume_file}: its {bad} holds NaN or inf (written by a diverged "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bismap.engine.launch import on_ranks
 from bismap.engine.stage_setup import (
     build_seeded_model,
     build_stream,
@@ -56,6 +57,7 @@ def make_loss_fn(cfg: dict, teacher: torch.nn.Module) -> Step:
                 teachers={"teacher": lambda ctx: (teacher, ctx.batches["target"]["image"], None)})
 
 
+@on_ranks
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, teacher_checkpoint: str | Path,
         out_checkpoint: str | Path, model: dict, train: dict, train_overrides: dict | None = None, augment: dict,
         cfg: dict, data: dict, runtime: dict, threads: int = 1, init_checkpoint: str | Path | None = None) -> None:

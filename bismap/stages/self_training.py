@@ -18,6 +18,7 @@ from typing import Iterator
 
 import torch
 
+from bismap.engine.launch import on_ranks
 from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed, init_from_checkpoint
 from bismap.engine.stage_training import begin, train_stage
 from bismap.engine.step_context import Step
@@ -77,6 +78,7 @@ def make_loss_fn(cfg: dict) -> Step:
                 teachers={"ema": lambda ctx: (ctx.ema, ctx.batches["target"]["image"], teacher_mode)})
 
 
+@on_ranks
 def run(*, source: dict, target: dict, stm_maps: str | Path | None, out_checkpoint: str | Path, model: dict,
         train: dict, train_overrides: dict | None = None, augment: dict, cfg: dict, data: dict, runtime: dict,
         threads: int = 1, init_checkpoint: str | Path | None = None) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bismap.engine.launch import on_ranks
 from bismap.engine.stage_setup import build_seeded_model, build_stream, build_view, derive_seed
 from bismap.engine.stage_training import begin, train_stage
 
 
+@on_ranks
 def run(*, source: dict, out_checkpoint: str | Path, model: dict, train: dict,
         train_overrides: dict | None = None, augment: dict, data: dict, runtime: dict, threads: int = 1) -> None:
     """Train `model` on the labelled `source` spec and write the final-iteration checkpoint."""
