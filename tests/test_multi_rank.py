@@ -2,6 +2,7 @@
 gives the one-process checkpoint up to float rounding (global batch split 2 x 2, synchronised BN)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,7 @@ def test_two_rank_warmup_equals_one_process(tmp_path):
     assert "(world 2," in log and log.count("wrote results/tiny/models/warmup.pt") == 1, log  # rank 0 writes
     rel = Path("results") / "tiny" / "models" / "warmup.pt"
     assert max_difference(tmp_path / "one" / rel, tmp_path / "two" / rel) < TOLERANCE
+    # the logged losses are the global batch's (the ranks' means averaged), as one process logs them
+    losses = [re.findall(r"^\[\d+/4\] .* ce (\d+\.\d+)", (tmp_path / d / "logs" / "tiny" / "warmup.log").read_text(),
+                         re.M) for d in ("one", "two")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1], losses

@@ -149,6 +149,20 @@ def all_gather_object(obj):
     return out
 
 
+def mean_over_ranks(values: dict) -> dict:
+    """The same keys, each value averaged over the ranks (one all-reduce); `values` itself in one process.
+
+    Every rank must pass the same keys in the same order (they run the same loss function)."""
+    if world_size() <= 1 or not values:
+        return values
+    keys = list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
+    dist.all_reduce(t)
+    t /= world_size()
+    return dict(zip(keys, t))
+
+
 def any_rank(flag: bool) -> bool:
     """True when `flag` is true on any rank (one small all-reduce per call under a process group)."""
     if world_size() <= 1:

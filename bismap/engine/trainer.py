@@ -332,7 +332,8 @@ def _step(run: _Run, loss_fn, it: int) -> tuple[Mapping[str, torch.Tensor], torc
 def _log_progress(run: _Run, window: _LossWindow, done: int) -> None:
     """The progress line (and TensorBoard scalars) of the window ending at iteration `done`; a
     non-finite mean loss stops the run (unless the AMP scaler is there to skip such steps)."""
-    means = {k: float(v) / window.count for k, v in window.sums.items()}  # the only host sync per window
+    sums = ddp.mean_over_ranks(window.sums)  # the global batch's losses under DDP (each rank's mean, averaged)
+    means = {k: float(v) / window.count for k, v in sums.items()}  # the only host sync per window
     rate = window.count / max(time.perf_counter() - window.started, 1e-9)
     lr = run.optimizer.param_groups[0]["lr"]
     if run.main:
