@@ -407,7 +407,8 @@ def test_tiny_warmup_on_two_slurm_tasks_equals_one_process(slurm_cluster, tmp_pa
     assert run.returncode == 0, run.output[-6000:]
     (job,) = run.jobs()["warmup"]
     rec = job_record(job)
-    assert rec["JobState"] == "COMPLETED" and rec["NumTasks"] == "2" and "gpu:2" in gpu_request(rec), rec
+    assert rec["JobState"] == "COMPLETED" and rec["NumTasks"] == "2" and rec["NumNodes"] == "1", rec
+    assert "gpu:2" in gpu_request(rec) and rec["Partition"] == "gpu", rec
     log = (tmp_path / "slurm" / "logs" / "tiny" / "warmup.log").read_text()
     assert "started 2 ranks (srun" in log and "rank 0/2" in log and "[rank 1] rank 1/2" in log, log[-4000:]
     rel = Path("results") / "tiny" / "models" / "warmup.pt"

@@ -26,7 +26,8 @@ set -euo pipefail
 
 GPUS="${BISMAP_SLURM_GPUS:-1}"
 CGROUP="${BISMAP_SLURM_CGROUP:-0}"
-CPUS="${BISMAP_SLURM_CPUS:-$(nproc)}"
+# nproc honours OMP_NUM_THREADS (1 under the test suite): the node would get 1 CPU and a 2-task job never starts
+CPUS="${BISMAP_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
 MEM_FRACTION="${BISMAP_SLURM_MEM_FRACTION:-85}"
 WAIT="${BISMAP_SLURM_WAIT:-30}"
 FORCE="${BISMAP_SLURM_FORCE:-0}"
