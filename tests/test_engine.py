@@ -310,6 +310,24 @@ def test_adabn_uses_target_statistics():
     assert net.bn.running_mean.mean().item() == pytest.approx(3.0, abs=0.2)
 
 
+def test_adabn_leaves_out_a_last_single_image_that_deeplab_cannot_normalise():
+    """max_images 3 in batches of 2: DeepLab's ASPP pooling BatchNorm refuses the 1-image rest in train mode."""
+    from bismap.io import InputError
+    from bismap.models import build_model
+    from conftest import TINY_MODEL
+
+    torch.manual_seed(0)
+    net = build_model(TINY_MODEL)
+    g = torch.Generator().manual_seed(0)
+    images = [{"image": torch.rand(3, 24, 40, generator=g)} for _ in range(3)]
+    assert inference.adapt_batchnorm(net, images, max_images=3, batch_size=2) == 2
+    two = {k: v.clone() for k, v in net.state_dict().items()}
+    inference.adapt_batchnorm(net, images, max_images=2, batch_size=2)  # the same two images
+    assert all(torch.equal(two[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(InputError, match="no batch of 2 or more images"):
+        inference.adapt_batchnorm(net, images, max_images=1, batch_size=4)
+
+
 def test_predict_dataset_yields_full_size():
     class DS:
         has_labels = True

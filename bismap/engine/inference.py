@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bismap.engine.device import resolve_amp
+from bismap.io import InputError
 
 
 def _identity(item: Any) -> Any:
@@ -129,6 +130,11 @@ def adapt_batchnorm(model: nn.Module, data: Any, max_images: int | None = None, 
     used = 0
     try:
         for x in _image_batches(data, max_images, batch_size, mean, std):
+            if x.shape[0] < 2:
+                # A BatchNorm after a global pooling (DeepLab's ASPP image branch) sees one value per
+                # channel and refuses a 1-image batch in train mode: a last image left over by
+                # max_images % batch_size (or one of another size) is not used.
+                continue
             model(x.to(device))
             used += x.shape[0]
     finally:
@@ -136,7 +142,8 @@ def adapt_batchnorm(model: nn.Module, data: Any, max_images: int | None = None, 
             m.momentum = mom
         model.eval()
     if used == 0:
-        raise ValueError("adapt_batchnorm: no images to estimate statistics from")
+        raise InputError(f"adabn: no batch of 2 or more images to estimate the statistics from (batch_size "
+                         f"{batch_size}, max_images {max_images}); BatchNorm after global pooling needs 2")
     return used
 
 
