@@ -9,6 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from bismap.workflow.params import as_param, schema_node
+from bismap.workflow.sharding import needs_statistics
 
 SCHEMA = yaml.safe_load((Path(workflow.main_snakefile).parent / "configs" / "schema.yaml").read_text())
 
@@ -99,6 +100,23 @@ def submission_retries(stage):
     resume file) is submitted up to that many times in all; None: the profile's `retries`."""
     n = C(f"resources/{stage}/submissions")
     return None if n <= 1 else n - 1
+
+
+def shards(stage):
+    """Shard jobs of a label stage (resources.<stage>.shards; 1: the stage is one job)."""
+    return C(f"resources/{stage}/shards")
+
+
+def statistics_input(section, parts):
+    """A sharded label stage's statistics file, when its `section`'s selection reads every image first."""
+    return {"statistics": f"{parts}/statistics.json"} if needs_statistics(C(section)) else {}
+
+
+def shard_outputs(stage, parts):
+    """The gather's inputs: every shard's label folder and counts file under `parts`."""
+    n = range(shards(stage))
+    return {"shard_dirs": expand(f"{parts}/{{shard}}", shard=n, allow_missing=True),
+            "shard_counts": expand(f"{parts}/{{shard}}.counts.json", shard=n, allow_missing=True)}
 
 
 def prior_input(section):

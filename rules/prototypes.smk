@@ -73,31 +73,116 @@ rule source_prior:
         "../scripts/source_prior.py"
 
 
-rule pseudo_labels:
-    """Target train pseudo labels: GMM log-likelihood argmax, thresholded; plus a quality json."""
-    input:
-        checkpoint=model_ckpt("warmup"),
-        prototypes=rules.fit_prototypes.output.out_path,
-        **target_inputs("train"),
-        **prior_input("pseudo_labels"),
-    output:
-        out_dir=directory(f"{RESULTS}/labels/pseudo"),
-        out_quality=f"{RESULTS}/labels/pseudo.quality.json",
-    params:
-        target=target_spec("train", labels="none"),
-        target_gt=target_gt_spec(),
-        cfg=C("pseudo_labels"),
-        alignment=C("prior_alignment"),
-        data=C("data/normalize"),
-    log:
-        f"{LOGS}/pseudo_labels.log",
-    benchmark:
-        f"{BENCH}/pseudo_labels.tsv"
-    threads: threads("pseudo_labels")
-    priority: MAINLINE
-    resources:
-        **res("pseudo_labels"),
-    conda:
-        ENV
-    script:
-        "../scripts/pseudo_labels.py"
+# resources.pseudo_labels.shards > 1: shard jobs, a local gather and, for a selection that reads every
+# image first, a statistics job (as teacher labels, rules/training.smk).
+PSEUDO_PARTS = f"{RESULTS}/labels/pseudo.shards"
+
+if shards("pseudo_labels") == 1:
+
+    rule pseudo_labels:
+        """Target train pseudo labels: GMM log-likelihood argmax, thresholded; plus a quality json."""
+        input:
+            checkpoint=model_ckpt("warmup"),
+            prototypes=rules.fit_prototypes.output.out_path,
+            **target_inputs("train"),
+            **prior_input("pseudo_labels"),
+        output:
+            out_dir=directory(f"{RESULTS}/labels/pseudo"),
+            out_quality=f"{RESULTS}/labels/pseudo.quality.json",
+        params:
+            target=target_spec("train", labels="none"),
+            target_gt=target_gt_spec(),
+            cfg=C("pseudo_labels"),
+            alignment=C("prior_alignment"),
+            data=C("data/normalize"),
+        log:
+            f"{LOGS}/pseudo_labels.log",
+        benchmark:
+            f"{BENCH}/pseudo_labels.tsv"
+        threads: threads("pseudo_labels")
+        priority: MAINLINE
+        resources:
+            **res("pseudo_labels"),
+        conda:
+            ENV
+        script:
+            "../scripts/pseudo_labels.py"
+
+else:
+
+    if needs_statistics(C("pseudo_labels")):
+
+        rule pseudo_labels_statistics:
+            """Sharded pseudo labels: the prior offset and class thresholds, which read every image."""
+            input:
+                checkpoint=model_ckpt("warmup"),
+                prototypes=rules.fit_prototypes.output.out_path,
+                **target_inputs("train"),
+                **prior_input("pseudo_labels"),
+            output:
+                statistics=temp(f"{PSEUDO_PARTS}/statistics.json"),
+            params:
+                target=target_spec("train", labels="none"),
+                cfg=C("pseudo_labels"),
+                alignment=C("prior_alignment"),
+                data=C("data/normalize"),
+            log:
+                f"{LOGS}/pseudo_labels.statistics.log",
+            benchmark:
+                f"{BENCH}/pseudo_labels.statistics.tsv"
+            threads: threads("pseudo_labels")
+            priority: MAINLINE
+            resources:
+                **res("pseudo_labels"),
+            conda:
+                ENV
+            script:
+                "../scripts/pseudo_labels_statistics.py"
+
+    rule pseudo_labels_shard:
+        """Pseudo labels of one contiguous block of the target images."""
+        input:
+            checkpoint=model_ckpt("warmup"),
+            prototypes=rules.fit_prototypes.output.out_path,
+            **target_inputs("train"),
+            **statistics_input("pseudo_labels", PSEUDO_PARTS),
+        output:
+            out_dir=temp(directory(f"{PSEUDO_PARTS}/{{shard}}")),
+            counts=temp(f"{PSEUDO_PARTS}/{{shard}}.counts.json"),
+        params:
+            target=target_spec("train", labels="none"),
+            target_gt=target_gt_spec(),
+            cfg=C("pseudo_labels"),
+            data=C("data/normalize"),
+            shards=shards("pseudo_labels"),
+        wildcard_constraints:
+            shard=r"\d+",
+        log:
+            f"{LOGS}/pseudo_labels.shard{{shard}}.log",
+        benchmark:
+            f"{BENCH}/pseudo_labels.shard{{shard}}.tsv"
+        threads: threads("pseudo_labels")
+        priority: MAINLINE
+        resources:
+            **res("pseudo_labels"),
+        conda:
+            ENV
+        script:
+            "../scripts/pseudo_labels_shard.py"
+
+    rule pseudo_labels:
+        """Target train pseudo labels: the shards joined (hard links) with their summed quality counts."""
+        input:
+            **shard_outputs("pseudo_labels", PSEUDO_PARTS),
+            **statistics_input("pseudo_labels", PSEUDO_PARTS),
+        output:
+            out_dir=directory(f"{RESULTS}/labels/pseudo"),
+            out_quality=f"{RESULTS}/labels/pseudo.quality.json",
+        log:
+            f"{LOGS}/pseudo_labels.log",
+        localrule: True
+        priority: MAINLINE
+        conda:
+            ENV
+        script:
+            "../scripts/pseudo_labels_gather.py"

@@ -38,33 +38,119 @@ rule self_training:
         "../scripts/self_training.py"
 
 
-rule teacher_labels:
-    """Round r's target labels from the previous model (multi-scale + flip, optional AdaBN)."""
-    input:
-        checkpoint=lambda wildcards: previous_model(wildcards.r),
-        **target_inputs("train"),
-        **prior_input("teacher_labels"),
-    output:
-        out_dir=directory(f"{RESULTS}/labels/teacher_r{{r}}"),
-        out_quality=f"{RESULTS}/labels/teacher_r{{r}}.quality.json",
-    params:
-        target=target_spec("train", labels="none"),
-        target_gt=target_gt_spec(),
-        cfg=C("teacher_labels"),
-        alignment=C("prior_alignment"),
-        data=C("data/normalize"),
-    log:
-        f"{LOGS}/teacher_labels_r{{r}}.log",
-    benchmark:
-        f"{BENCH}/teacher_labels_r{{r}}.tsv"
-    threads: threads("teacher_labels")
-    priority: MAINLINE
-    resources:
-        **res("teacher_labels"),
-    conda:
-        ENV
-    script:
-        "../scripts/teacher_labels.py"
+# resources.teacher_labels.shards > 1: one job per block of images, then a local gather job writing the
+# folder and json one job writes (byte for byte); a selection that reads every image first (prior
+# alignment, balanced thresholds) adds one statistics job before the shards (bismap.method.label_shards).
+TEACHER_PARTS = f"{RESULTS}/labels/teacher_r{{r}}.shards"
+
+if shards("teacher_labels") == 1:
+
+    rule teacher_labels:
+        """Round r's target labels from the previous model (multi-scale + flip, optional AdaBN)."""
+        input:
+            checkpoint=lambda wildcards: previous_model(wildcards.r),
+            **target_inputs("train"),
+            **prior_input("teacher_labels"),
+        output:
+            out_dir=directory(f"{RESULTS}/labels/teacher_r{{r}}"),
+            out_quality=f"{RESULTS}/labels/teacher_r{{r}}.quality.json",
+        params:
+            target=target_spec("train", labels="none"),
+            target_gt=target_gt_spec(),
+            cfg=C("teacher_labels"),
+            alignment=C("prior_alignment"),
+            data=C("data/normalize"),
+        log:
+            f"{LOGS}/teacher_labels_r{{r}}.log",
+        benchmark:
+            f"{BENCH}/teacher_labels_r{{r}}.tsv"
+        threads: threads("teacher_labels")
+        priority: MAINLINE
+        resources:
+            **res("teacher_labels"),
+        conda:
+            ENV
+        script:
+            "../scripts/teacher_labels.py"
+
+else:
+
+    if needs_statistics(C("teacher_labels")):
+
+        rule teacher_labels_statistics:
+            """Round r's sharded labels: the prior offset and class thresholds, which read every image."""
+            input:
+                checkpoint=lambda wildcards: previous_model(wildcards.r),
+                **target_inputs("train"),
+                **prior_input("teacher_labels"),
+            output:
+                statistics=temp(f"{TEACHER_PARTS}/statistics.json"),
+            params:
+                target=target_spec("train", labels="none"),
+                cfg=C("teacher_labels"),
+                alignment=C("prior_alignment"),
+                data=C("data/normalize"),
+            log:
+                f"{LOGS}/teacher_labels_r{{r}}.statistics.log",
+            benchmark:
+                f"{BENCH}/teacher_labels_r{{r}}.statistics.tsv"
+            threads: threads("teacher_labels")
+            priority: MAINLINE
+            resources:
+                **res("teacher_labels"),
+            conda:
+                ENV
+            script:
+                "../scripts/teacher_labels_statistics.py"
+
+    rule teacher_labels_shard:
+        """Round r's labels of one contiguous block of the target images."""
+        input:
+            checkpoint=lambda wildcards: previous_model(wildcards.r),
+            **target_inputs("train"),
+            **statistics_input("teacher_labels", TEACHER_PARTS),
+        output:
+            out_dir=temp(directory(f"{TEACHER_PARTS}/{{shard}}")),
+            counts=temp(f"{TEACHER_PARTS}/{{shard}}.counts.json"),
+        params:
+            target=target_spec("train", labels="none"),
+            target_gt=target_gt_spec(),
+            cfg=C("teacher_labels"),
+            data=C("data/normalize"),
+            shards=shards("teacher_labels"),
+        wildcard_constraints:
+            shard=r"\d+",
+        log:
+            f"{LOGS}/teacher_labels_r{{r}}.shard{{shard}}.log",
+        benchmark:
+            f"{BENCH}/teacher_labels_r{{r}}.shard{{shard}}.tsv"
+        threads: threads("teacher_labels")
+        priority: MAINLINE
+        resources:
+            **res("teacher_labels"),
+        conda:
+            ENV
+        script:
+            "../scripts/teacher_labels_shard.py"
+
+    rule teacher_labels:
+        """Round r's target labels: the shards joined (hard links) with their summed quality counts."""
+        input:
+            **shard_outputs("teacher_labels", TEACHER_PARTS),
+            **statistics_input("teacher_labels", TEACHER_PARTS),
+        output:
+            out_dir=directory(f"{RESULTS}/labels/teacher_r{{r}}"),
+            out_quality=f"{RESULTS}/labels/teacher_r{{r}}.quality.json",
+        params:
+            cfg=C("teacher_labels"),
+        log:
+            f"{LOGS}/teacher_labels_r{{r}}.log",
+        localrule: True
+        priority: MAINLINE
+        conda:
+            ENV
+        script:
+            "../scripts/teacher_labels_gather.py"
 
 
 rule distillation:

@@ -228,6 +228,9 @@ needs_workflow = pytest.mark.skipif(not (REPO / "Snakefile").exists() or not TIN
                                     reason="the workflow (Snakefile, configs/tiny.yaml) is not there yet")
 
 
+LABEL_STAGES = ("pseudo_labels", "naive_labels", "teacher_labels", "evaluate")  # the stages with `shards`
+
+
 def _gpu_overlay(tmp_path: Path, extra: str = "") -> Path:
     """Config overlay: GPU stages ask for gpu=1 (resources.use_gpu). Resources are not params,
     so the outputs must not change; on the fake GPU torch still runs on the CPU."""
@@ -269,10 +272,20 @@ def _checkpoint_difference(a: Path, b: Path) -> str:
 @pytest.mark.slow  # over 5 s measured (pytest --durations)
 @needs_workflow
 def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
+    """The whole tiny workflow as SLURM jobs gives the local run's files. The SLURM run also shards the
+    label stages and the evaluations (2 shard jobs each, a statistics job where the selection reads every
+    image first, a local gather), so sharded labels and metrics are compared with one job's byte for byte
+    (issue 25, test 4 b)."""
     overlay = _gpu_overlay(tmp_path)
+    sharded = tmp_path / "sharded.yaml"
+    sharded.write_text(overlay.read_text() + "".join(f"  {stage}: {{shards: 2}}\n" for stage in LABEL_STAGES))
     configs = [str(TINY_CONFIG), str(overlay)]
-    expected = _dry_run_jobs(tmp_path / "dry", configs)
-    local_rules = {"all"}
+    expected = _dry_run_jobs(tmp_path / "dry", [str(TINY_CONFIG), str(sharded)])
+    for stage in LABEL_STAGES:
+        assert expected[f"{stage}_shard"] == 2 * expected[stage] > 0, expected
+    assert expected["teacher_labels_statistics"] == expected["teacher_labels"], expected  # balanced + aligned
+    assert expected["pseudo_labels_statistics"] == 1, expected
+    local_rules = {"all", *LABEL_STAGES}
 
     # The local reference runs at the same time as the SLURM run: wall time is what CI pays.
     local_dir = tmp_path / "local"
@@ -280,7 +293,8 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     local = subprocess.Popen([*SNAKEMAKE, "--cores", "1", "-d", str(local_dir), "--configfile", *configs],
                              cwd=REPO, stdout=local_log, stderr=subprocess.STDOUT)
     try:
-        run = snakemake(tmp_path / "slurm", "--configfile", *configs, "--retries", "0", timeout=600)
+        run = snakemake(tmp_path / "slurm", "--configfile", str(TINY_CONFIG), str(sharded), "--retries", "0",
+                        timeout=600)
         local_rc = local.wait(timeout=600)
     finally:
         if local.poll() is None:
@@ -301,7 +315,10 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
             (gpu_rules if gpu_request(rec) else cpu_rules).add(rule)
             assert rec["Partition"] == ("gpu" if gpu_request(rec) else "cpu"), (rule, rec)
     assert not gpu_rules & cpu_rules, gpu_rules & cpu_rules
-    assert {"warmup", "self_training", "distillation", "evaluate"} <= gpu_rules, gpu_rules
+    assert {"warmup", "self_training", "distillation"} <= gpu_rules, gpu_rules
+    assert {f"{stage}_shard" for stage in LABEL_STAGES} <= gpu_rules, gpu_rules
+    gather_log = (tmp_path / "slurm" / "logs" / "tiny" / "teacher_labels_r1.log").read_text()
+    assert "teacher_labels: joined 2 shards" in gather_log, gather_log
     assert {"synthetic_data", "stylize", "fit_prototypes", "report"} <= cpu_rules, cpu_rules
 
     # Same results as the local run: label PNGs and metrics/quality JSON byte for byte,

@@ -1,6 +1,7 @@
 """The folder-backed segmentation dataset the GTA5, SYNTHIA and Cityscapes readers share."""
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,18 @@ class SegmentationFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def shard(self, index: int, count: int) -> "SegmentationFolder":
+        """Images [n * index // count, n * (index + 1) // count) of the n: the `index`-th of `count`
+        contiguous blocks that together hold every image once (a label stage's shard job)."""
+        if not 0 <= int(index) < int(count):
+            raise ValueError(f"shard {index} of {count}")
+        n = len(self.entries)
+        part = copy.copy(self)
+        part.entries = self.entries[n * int(index) // int(count): n * (int(index) + 1) // int(count)]
+        part.names = [e.name for e in part.entries]
+        part.files = [e.file for e in part.entries]
+        return part
 
     def read_image(self, index: int) -> np.ndarray:
         image = read_rgb(self.entries[index].image)

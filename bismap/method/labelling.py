@@ -10,7 +10,7 @@ ground truth.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch
 from bismap.data.labels import IGNORE_INDEX as IGNORE
 from bismap.engine.stage_setup import load_warmup, mean_std
 from bismap.io import InputError, atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from bismap.evaluation.quality import QualityCounts
 
 DEFAULT_CONFIDENCE = 0.9  # selection confidence with threshold null
 
@@ -133,27 +136,44 @@ def sample_scores(label: np.ndarray, score: np.ndarray, n: int | None, rng: np.r
         into.setdefault(int(c), []).append(sc[lab == c].astype(np.float64))
 
 
-def _quality_pairs(results: Iterable[tuple[str, str, np.ndarray, np.ndarray]], n: int, gt_ds, mode: str,
-                   threshold: float, class_thr, out_dir: Path, stage: str
-                   ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+def predict_all(ds, predict: Predictor, stage: str) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(name, file, label, score) of every image of `ds`, in order; NaN or inf scores stop the stage."""
+    for i in range(len(ds)):
+        item = ds[i]
+        label, score = predict(item)
+        check_scores(score, item["file"], stage)
+        yield item["name"], item["file"], label, score
+
+
+def write_labels(results: Iterable[tuple[str, str, np.ndarray, np.ndarray]], n: int, gt_ds, *, mode: str,
+                 threshold: float, class_thr: dict[int, float] | None, out_dir, stage: str,
+                 min_coverage: float | None) -> "QualityCounts":
+    """The labelling pass: select, save into `out_dir` (atomically), count the quality against ground truth
+    (`min_coverage` None: not checked here, as for one shard of the images)."""
     from bismap.data.labels import save_label_png
+    from bismap.evaluation.quality import QualityCounts
 
     gt_index = None if gt_ds is None else {name: i for i, name in enumerate(gt_ds.names)}
-    for i, (name, file, label, score) in enumerate(results):
-        final = apply_selection(label, score, mode, threshold, class_thr)
-        save_label_png(out_dir / file, final)
-        gt = None
-        if gt_index is not None:
-            if name not in gt_index:
-                raise InputError(f"target_gt: no ground truth for {name}")
-            gt = gt_ds[gt_index[name]]["label"]
-            if gt.shape != final.shape:
-                raise InputError(f"target_gt: {name} label is {gt.shape}, pseudo label {final.shape}; "
-                                 f"give both specs the same size")
-        if (i + 1) % 10 == 0 or i + 1 == n:
-            kept = float((final != IGNORE).mean())
-            print(f"{stage}: {i + 1}/{n} images labelled (last kept {kept:.1%})", flush=True)
-        yield final, gt
+    counts = QualityCounts()
+    with atomic_dir(out_dir) as tmp:
+        for i, (name, file, label, score) in enumerate(results):
+            final = apply_selection(label, score, mode, threshold, class_thr)
+            save_label_png(Path(tmp) / file, final)
+            gt = None
+            if gt_index is not None:
+                if name not in gt_index:
+                    raise InputError(f"target_gt: no ground truth for {name}")
+                gt = gt_ds[gt_index[name]]["label"]
+                if gt.shape != final.shape:
+                    raise InputError(f"target_gt: {name} label is {gt.shape}, pseudo label {final.shape}; "
+                                     f"give both specs the same size")
+            counts.add(final, gt)
+            if (i + 1) % 10 == 0 or i + 1 == n:
+                kept = float((final != IGNORE).mean())
+                print(f"{stage}: {i + 1}/{n} images labelled (last kept {kept:.1%})", flush=True)
+        if min_coverage is not None:
+            check_coverage(counts.summary(), min_coverage, out_dir, stage)  # inside: a refused set leaves nothing
+    return counts
 
 
 def pooled_thresholds(pairs, n: int, *, mode: str, threshold: float | None, percentile: float,
@@ -173,38 +193,50 @@ def pooled_thresholds(pairs, n: int, *, mode: str, threshold: float | None, perc
     return class_thr
 
 
+def selection_statistics(*, ds, predict: Predictor, mode: str, threshold: float, percentile: float,
+                         sample_pixels: int | None, seed: int, stage: str, cache_mb: float = 0
+                         ) -> tuple[Callable[[], Iterator[tuple[str, str, np.ndarray, np.ndarray]]],
+                                    dict[int, float] | None]:
+    """(a callable giving a pass of (name, file, label, score) over `ds`, the per-class thresholds or None):
+    the first pass of the percentile rules (the next pass replays it while it fits in `cache_mb`, see
+    `replayable`)."""
+    def results() -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+        return predict_all(ds, predict, stage)
+
+    if mode not in ("percentile", "balanced"):
+        return results, None
+    passes = replayable(results, cache_mb)
+    class_thr = pooled_thresholds(((label, score) for _, _, label, score in passes()), len(ds), mode=mode,
+                                  threshold=threshold, percentile=percentile, sample_pixels=sample_pixels,
+                                  seed=seed, stage=stage)
+    return passes, class_thr
+
+
+def quality_record(counts: "QualityCounts", class_thr: dict[int, float] | None, alignment: dict | None,
+                   threads: int) -> dict:
+    """The quality json of a label set: quality, the class thresholds, the alignment report, the threads."""
+    from bismap.method.prior_alignment import prior_report
+
+    quality = counts.summary()
+    if class_thr is not None:
+        quality = {**quality, "class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}}
+    if alignment:
+        quality = {**quality, "prior_alignment": prior_report(alignment, quality.get("gt_class_frequency"))}
+    return {**quality, "threads": int(threads)}
+
+
 def label_target(*, ds, gt_ds, predict: Predictor, out_dir, out_quality, mode: str, threshold: float,
                  percentile: float, sample_pixels: int | None, seed: int, stage: str, cache_mb: float = 0,
                  min_coverage: float = 0.0, alignment: dict | None = None) -> None:
     """Shared driver: optional first pass for per-class percentiles, then label, save, and score
     (`cache_mb`: the first pass's results are replayed by the second while they fit, see `replayable`;
     `alignment`: offset_for's record, reported in the json with its distance to the true prior)."""
-    from bismap.evaluation.quality import label_quality
-    from bismap.method.prior_alignment import prior_report
-
-    n = len(ds)
-
-    def results() -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
-        for i in range(n):
-            item = ds[i]
-            label, score = predict(item)
-            check_scores(score, item["file"], stage)
-            yield item["name"], item["file"], label, score
-
-    class_thr = None
-    if mode in ("percentile", "balanced"):
-        results = replayable(results, cache_mb)
-        class_thr = pooled_thresholds(((label, score) for _, _, label, score in results()), n, mode=mode,
-                                      threshold=threshold, percentile=percentile, sample_pixels=sample_pixels,
-                                      seed=seed, stage=stage)
-    with atomic_dir(out_dir) as tmp:
-        quality = label_quality(_quality_pairs(results(), n, gt_ds, mode, threshold, class_thr, Path(tmp), stage))
-        check_coverage(quality, min_coverage, out_dir, stage)  # inside: a refused set leaves nothing behind
-    if class_thr is not None and isinstance(quality, dict):
-        quality = {**quality, "class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}}
-    if alignment:
-        quality = {**quality, "prior_alignment": prior_report(alignment, quality.get("gt_class_frequency"))}
-    write_json(out_quality, {**quality, **thread_record()})
+    results, class_thr = selection_statistics(ds=ds, predict=predict, mode=mode, threshold=threshold,
+                                              percentile=percentile, sample_pixels=sample_pixels, seed=seed,
+                                              stage=stage, cache_mb=cache_mb)
+    counts = write_labels(results(), len(ds), gt_ds, mode=mode, threshold=threshold, class_thr=class_thr,
+                          out_dir=out_dir, stage=stage, min_coverage=min_coverage)
+    write_json(out_quality, quality_record(counts, class_thr, alignment, **thread_record()))
 
 
 def thread_record() -> dict:

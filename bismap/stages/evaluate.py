@@ -15,7 +15,7 @@ import torch
 from bismap.engine.inference import predict_label_maps
 from bismap.engine.stage_setup import setup_device
 from bismap.evaluation.confusion import ConfusionMatrix
-from bismap.io import InputError
+from bismap.io import InputError, read_json, write_json
 
 
 def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device,
@@ -35,27 +35,77 @@ def confusion_of(model, dataset, *, scales, flip: bool, data: dict, device,
     return conf, n
 
 
-def run(*, checkpoint: str | Path, target: dict, out_json: str | Path, out_confusion_csv: str | Path, cfg: dict,
-        data: dict, runtime: dict, threads: int = 1) -> None:
-    """Write the metrics JSON and the confusion CSV of `checkpoint` on the labelled `target` split."""
+SHARD_FORMAT = "bismap-evaluation-shard/1"
+
+
+def _open(checkpoint, target: dict, runtime: dict, threads: int):
     from bismap.data import open_dataset
     from bismap.engine.checkpoint import load_model
-    from bismap.evaluation.metrics import write_metrics
 
     device = setup_device(threads, runtime)
-    scales = [float(s) for s in cfg["scales"]]
-    flip = bool(cfg["flip"])
-    protocol = str(cfg["protocol"])
     dataset = open_dataset(target)
     if not dataset.has_labels:
         raise InputError(f"{target.get('root')}: the evaluation split needs ground truth (labels: none given)")
     if len(dataset) == 0:
         raise InputError(f"{target.get('root')}: no evaluation images")
-    model = load_model(str(checkpoint), device=device, which="model")
+    return device, dataset, load_model(str(checkpoint), device=device, which="model")
+
+
+def _confusion(model, dataset, cfg: dict, data: dict, device, runtime: dict) -> tuple[ConfusionMatrix, int]:
     with torch.no_grad():
-        conf, n = confusion_of(model, dataset, scales=scales, flip=flip, data=data, device=device,
-                               workers=int(runtime["workers"]))
-    metrics = write_metrics(conf.matrix, out_json, out_confusion_csv, protocol=protocol,
-                            extra={"checkpoint": str(checkpoint), "images": n, "scales": scales, "flip": flip,
+        return confusion_of(model, dataset, scales=[float(s) for s in cfg["scales"]], flip=bool(cfg["flip"]),
+                            data=data, device=device, workers=int(runtime["workers"]))
+
+
+def _write(matrix, n: int, *, checkpoint: str, target: dict, cfg: dict, out_json, out_confusion_csv) -> None:
+    from bismap.evaluation.metrics import write_metrics
+
+    protocol = str(cfg["protocol"])
+    metrics = write_metrics(matrix, out_json, out_confusion_csv, protocol=protocol,
+                            extra={"checkpoint": str(checkpoint), "images": n,
+                                   "scales": [float(s) for s in cfg["scales"]], "flip": bool(cfg["flip"]),
                                    "split": target.get("split")})
     print(f"evaluate: {checkpoint}: mIoU {metrics['miou']} ({protocol}, {n} images)", flush=True)
+
+
+def run(*, checkpoint: str | Path, target: dict, out_json: str | Path, out_confusion_csv: str | Path, cfg: dict,
+        data: dict, runtime: dict, threads: int = 1) -> None:
+    """Write the metrics JSON and the confusion CSV of `checkpoint` on the labelled `target` split."""
+    device, dataset, model = _open(checkpoint, target, runtime, threads)
+    conf, n = _confusion(model, dataset, cfg, data, device, runtime)
+    _write(conf.matrix, n, checkpoint=str(checkpoint), target=target, cfg=cfg, out_json=out_json,
+           out_confusion_csv=out_confusion_csv)
+
+
+def run_shard(*, checkpoint: str | Path, target: dict, out_counts: str | Path, cfg: dict, data: dict,
+              runtime: dict, shard: int, shards: int, threads: int = 1) -> None:
+    """The confusion matrix of one contiguous block of the split (resources.evaluate.shards), for `gather`."""
+    device, dataset, model = _open(checkpoint, target, runtime, threads)
+    part = dataset.shard(int(shard), int(shards))
+    print(f"evaluate: shard {int(shard) + 1}/{int(shards)}, {len(part)} of {len(dataset)} images", flush=True)
+    conf = ConfusionMatrix()
+    if len(part):
+        conf, _ = _confusion(model, part, cfg, data, device, runtime)
+    write_json(out_counts, {"format": SHARD_FORMAT, "shard": int(shard), "shards": int(shards),
+                            "checkpoint": str(checkpoint), "images": len(part), "confusion": conf.matrix.tolist()})
+
+
+def gather(*, shard_counts: list, target: dict, out_json: str | Path, out_confusion_csv: str | Path,
+           cfg: dict) -> None:
+    """The metrics of the summed shard confusion matrices (integers: exactly one job's)."""
+    import numpy as np
+
+    total, n, checkpoints = ConfusionMatrix(), 0, set()
+    for k, path in enumerate(shard_counts):
+        obj = read_json(path)
+        if not isinstance(obj, dict) or obj.get("format") != SHARD_FORMAT or obj.get("shard") != k \
+                or obj.get("shards") != len(shard_counts):
+            raise InputError(f"{path}: not shard {k} of {len(shard_counts)} ({SHARD_FORMAT})")
+        total.matrix += np.asarray(obj["confusion"], dtype=np.int64).reshape(total.matrix.shape)
+        n += int(obj["images"])
+        checkpoints.add(obj["checkpoint"])
+    if len(checkpoints) != 1:
+        raise InputError(f"{out_json}: the shards evaluated other checkpoints: {sorted(checkpoints)}")
+    print(f"evaluate: joined {len(shard_counts)} shards", flush=True)
+    _write(total.matrix, n, checkpoint=checkpoints.pop(), target=target, cfg=cfg, out_json=out_json,
+           out_confusion_csv=out_confusion_csv)

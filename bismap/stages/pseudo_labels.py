@@ -28,10 +28,23 @@ from bismap.data.labels import IGNORE_INDEX as IGNORE
 from bismap.data.labels import NUM_CLASSES
 from bismap.engine.inference import forward, to_input
 from bismap.engine.stage_setup import mean_std, open_spec, setup_device
-from bismap.io import InputError
-from bismap.method.labelling import Predictor, label_target, nbytes, prepare_model, selection_settings
+from bismap.io import InputError, write_json
+from bismap.method.label_shards import join_shards, read_statistics, write_counts, write_statistics
+from bismap.method.labelling import (
+    Predictor,
+    label_target,
+    nbytes,
+    predict_all,
+    prepare_model,
+    quality_record,
+    selection_settings,
+    selection_statistics,
+    thread_record,
+    write_labels,
+)
 from bismap.method.prior_alignment import offset_for
 from bismap.method.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes, unit_rows
+from bismap.workflow.sharding import needs_statistics
 
 
 # ----------------------------------------------------------------------------- upsampling
@@ -159,37 +172,102 @@ def reusing(predict: Predictor, kept: dict) -> Predictor:
     return from_kept
 
 
+STAGE = "pseudo_labels"
+
+
+def _open(checkpoint, prototypes, target: dict, target_gt: dict | None, cfg: dict, data: dict, runtime: dict,
+          threads: int) -> dict:
+    """What every job of the stage starts from: device, GMMs, datasets and the (AdaBN-adapted) model."""
+    device = setup_device(threads, runtime)
+    mean, std = mean_std(data)
+    gmms, meta = load_prototypes(prototypes, device=device)
+    ds = open_spec(target, "target")
+    gt_ds = None if target_gt is None else open_spec(target_gt, "target_gt")
+    model = prepare_model(checkpoint, ds, cfg, data, device, STAGE)
+    dim = int(getattr(model, "feature_dim", meta.get("feature_dim", 0)))
+    if meta.get("feature_dim") is not None and int(meta["feature_dim"]) != dim:
+        raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
+    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0,
+                                                                          ("confidence", "balanced"))
+    return dict(device=device, mean=mean, std=std, gmms=gmms, meta=meta, ds=ds, gt_ds=gt_ds, model=model,
+                mode=mode, threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed)
+
+
+def _alignment(job: dict, cfg: dict, runtime: dict, prior, alignment: dict | None) -> tuple:
+    """(logit offset or None, the alignment's record, the network outputs its pass kept for the next)."""
+    kept: dict = {}
+    record: dict = {}
+    offset = offset_for(alignment if cfg["align_prior"] else None, prior,
+                        lambda: network_logits(job["model"], job["ds"], job["mean"], job["std"], job["device"],
+                                               bool(cfg["flip"]), kept, float(runtime["label_cache_mb"])),
+                        len(job["ds"]), classes=cfg["classes"], stage=STAGE, record=record)
+    return offset, record, kept
+
+
+def _predictor(job: dict, cfg: dict, offset) -> Predictor:
+    mode = job["mode"]
+    return gmm_predictor(job["model"], job["gmms"], mean=job["mean"], std=job["std"], device=job["device"],
+                         flip=bool(cfg["flip"]), chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
+                         rule=str(cfg["rule"]),
+                         score="confidence" if mode in ("confidence", "balanced") else "loglik",
+                         normalize=bool(job["meta"].get("normalize", False)), logit_offset=offset)
+
+
 def run(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target: dict, target_gt: dict | None,
         out_dir: str | os.PathLike, out_quality: str | os.PathLike, cfg: dict, data: dict, runtime: dict,
         threads: int = 1, prior: str | os.PathLike | None = None, alignment: dict | None = None) -> None:
     """Write `<out_dir>/<image file name>` pseudo labels (255 = rejected) and the quality json.
     `alignment`: the `prior_alignment` section, applied when `cfg.align_prior` is on (with `prior`, the
     source class prior file)."""
-    device = setup_device(threads, runtime)
-    mean, std = mean_std(data)
-    gmms, meta = load_prototypes(prototypes, device=device)
-    ds = open_spec(target, "target")
-    gt_ds = None if target_gt is None else open_spec(target_gt, "target_gt")
-    model = prepare_model(checkpoint, ds, cfg, data, device, "pseudo_labels")
-    dim = int(getattr(model, "feature_dim", meta.get("feature_dim", 0)))
-    if meta.get("feature_dim") is not None and int(meta["feature_dim"]) != dim:
-        raise InputError(f"{prototypes}: GMMs have {meta['feature_dim']} features, the model gives {dim}")
-    mode, threshold, percentile, sample_pixels, seed = selection_settings(cfg, "loglik", 100.0,
-                                                                          ("confidence", "balanced"))
-    rule = str(cfg["rule"])
-    kept: dict = {}   # the alignment's forward pass, reused by the first labelling pass while it fits
-    record: dict = {}
-    offset = offset_for(alignment if cfg["align_prior"] else None, prior,
-                        lambda: network_logits(model, ds, mean, std, device, bool(cfg["flip"]), kept,
-                                               float(runtime["label_cache_mb"])),
-                        len(ds), classes=cfg["classes"], stage="pseudo_labels", record=record)
-    predict = gmm_predictor(model, gmms, mean=mean, std=std, device=device, flip=bool(cfg["flip"]),
-                            chunk_pixels=int(cfg["chunk_pixels"]), classes=cfg["classes"],
-                            rule=rule, score="confidence" if mode in ("confidence", "balanced") else "loglik",
-                            normalize=bool(meta.get("normalize", False)), logit_offset=offset)
-    print(f"pseudo_labels: {len(ds)} target images, GMMs for classes {sorted(gmms)}, rule {rule}, "
-          f"selection {mode}, {'unit-length' if meta.get('normalize') else 'raw'} features", flush=True)
-    label_target(ds=ds, gt_ds=gt_ds, predict=reusing(predict, kept), out_dir=out_dir, out_quality=out_quality,
-                 mode=mode, threshold=threshold, percentile=percentile, sample_pixels=sample_pixels, seed=seed,
-                 stage="pseudo_labels", cache_mb=float(runtime["label_cache_mb"]),
-                 min_coverage=float(runtime["min_label_coverage"]), alignment=record)
+    job = _open(checkpoint, prototypes, target, target_gt, cfg, data, runtime, threads)
+    offset, record, kept = _alignment(job, cfg, runtime, prior, alignment)  # kept: reused by the first pass
+    predict = _predictor(job, cfg, offset)
+    print(f"pseudo_labels: {len(job['ds'])} target images, GMMs for classes {sorted(job['gmms'])}, rule "
+          f"{cfg['rule']}, selection {job['mode']}, {'unit-length' if job['meta'].get('normalize') else 'raw'} "
+          f"features", flush=True)
+    label_target(ds=job["ds"], gt_ds=job["gt_ds"], predict=reusing(predict, kept), out_dir=out_dir,
+                 out_quality=out_quality, mode=job["mode"], threshold=job["threshold"], percentile=job["percentile"],
+                 sample_pixels=job["sample_pixels"], seed=job["seed"], stage=STAGE,
+                 cache_mb=float(runtime["label_cache_mb"]), min_coverage=float(runtime["min_label_coverage"]),
+                 alignment=record)
+
+
+def run_statistics(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target: dict, cfg: dict,
+                   data: dict, runtime: dict, out_statistics: str | os.PathLike, threads: int = 1,
+                   prior: str | os.PathLike | None = None, alignment: dict | None = None) -> None:
+    """Sharded pseudo labels, first job: the prior offset and per-class thresholds over every image."""
+    job = _open(checkpoint, prototypes, target, None, cfg, data, runtime, threads)
+    offset, record, kept = _alignment(job, cfg, runtime, prior, alignment)
+    _, class_thr = selection_statistics(ds=job["ds"], predict=reusing(_predictor(job, cfg, offset), kept),
+                                        mode=job["mode"], threshold=job["threshold"], percentile=job["percentile"],
+                                        sample_pixels=job["sample_pixels"], seed=job["seed"], stage=STAGE)
+    write_statistics(out_statistics, stage=STAGE, images=len(job["ds"]), offset=offset, class_thr=class_thr,
+                     record=record, **thread_record())
+
+
+def run_shard(*, checkpoint: str | os.PathLike, prototypes: str | os.PathLike, target: dict,
+              target_gt: dict | None, cfg: dict, data: dict, runtime: dict, shard: int, shards: int,
+              out_dir: str | os.PathLike, out_counts: str | os.PathLike,
+              statistics: str | os.PathLike | None = None, threads: int = 1) -> None:
+    """Sharded pseudo labels: the `shard`-th of `shards` contiguous blocks of the images, labelled as `run`
+    labels them, with `statistics` (run_statistics' file) instead of the passes over every image."""
+    if needs_statistics(cfg) and statistics is None:
+        raise InputError(f"{STAGE}: this selection needs the statistics file of every image (run_statistics)")
+    offset, class_thr, _ = (None, None, {}) if statistics is None else read_statistics(statistics, STAGE)
+    job = _open(checkpoint, prototypes, target, target_gt, cfg, data, runtime, threads)
+    part = job["ds"].shard(int(shard), int(shards))
+    print(f"{STAGE}: shard {int(shard) + 1}/{int(shards)}, {len(part)} of {len(job['ds'])} images", flush=True)
+    counts = write_labels(predict_all(part, _predictor(job, cfg, offset), STAGE), len(part), job["gt_ds"],
+                          mode=job["mode"], threshold=job["threshold"], class_thr=class_thr, out_dir=out_dir,
+                          stage=STAGE, min_coverage=None)
+    write_counts(out_counts, stage=STAGE, shard=shard, shards=shards, counts=counts,
+                 same={"checkpoint": str(checkpoint), "prototypes": str(prototypes), **thread_record()})
+
+
+def gather(*, shard_dirs: list, shard_counts: list, out_dir: str | os.PathLike, out_quality: str | os.PathLike,
+           runtime: dict, statistics: str | os.PathLike | None = None) -> None:
+    """Join the shards' label folders and counts into the folder and quality json that `run` writes."""
+    _, class_thr, record = (None, None, {}) if statistics is None else read_statistics(statistics, STAGE)
+    counts, same = join_shards(shard_dirs, shard_counts, out_dir, stage=STAGE,
+                               min_coverage=float(runtime["min_label_coverage"]))
+    write_json(out_quality, quality_record(counts, class_thr, record, same["threads"]))

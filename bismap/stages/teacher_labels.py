@@ -13,16 +13,25 @@ statistics on the target images
 (design.md: +6 mIoU and more accurate labels on the synthetic benchmark).
 Labels are `<out_dir>/<image file name>` palette PNGs (written into a temporary folder renamed
 into place); the quality JSON scores them against target ground truth when it exists.
+
+Sharding (`resources.teacher_labels.shards` > 1) splits the labelling pass into jobs over contiguous
+blocks of the images (`run_shard`), which `gather` joins into the same folder and json, byte for byte:
+what needs every image (the prior alignment's offset, the balanced thresholds) is computed first by
+`run_statistics` with the same code as one job, and the quality counts are integers, summed exactly.
+Each shard re-estimates the AdaBN statistics on the same images, so each has the same model.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from bismap.engine.inference import item_logits, label_maps
 from bismap.engine.stage_setup import setup_device
+from bismap.evaluation.quality import QualityCounts
 from bismap.io import InputError, atomic_dir, write_json
+from bismap.method.label_shards import join_shards, read_statistics, write_counts, write_statistics
 from bismap.method.labelling import (
     apply_selection,
     check_coverage,
@@ -32,6 +41,7 @@ from bismap.method.labelling import (
     thread_record,
 )
 from bismap.method.prior_alignment import offset_for, prior_report
+from bismap.workflow.sharding import needs_statistics
 
 SECTION = "teacher_labels"
 
@@ -89,59 +99,123 @@ def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device,
     return predictions, offset, record
 
 
-def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
-        out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1,
-        prior: str | Path | None = None, alignment: dict | None = None) -> None:
-    """Write the teacher's hard labels for every `target` image, and their quality JSON. `alignment`: the
-    `prior_alignment` section, applied when `cfg.align_prior` is on (with `prior`, the source class prior
-    file)."""
+def _open(checkpoint, target: dict, target_gt: dict | None, cfg: dict, data: dict, runtime: dict, threads: int):
+    """(device, model with AdaBN applied when enabled, the target dataset, the ground truth or None)."""
     from bismap.data import open_dataset
-    from bismap.data.labels import save_label_png
     from bismap.engine.checkpoint import load_model
-    from bismap.evaluation.quality import label_quality
 
     device = setup_device(threads, runtime)
-    scales = [float(s) for s in cfg["scales"]]
-    flip = bool(cfg["flip"])
-    selection = str(cfg["selection"])
-    selects = selection != "none"
-    threshold = float(cfg["threshold"]) if selects else None  # the rule drops it for none
     model = load_model(str(checkpoint), device=device, which="model")
     dataset = open_dataset(target)
     if len(dataset) == 0:
         raise InputError(f"{target.get('root')}: no target images")
     adapt_if_enabled(model, dataset, cfg, data, device, SECTION)
     gt = open_dataset(target_gt) if target_gt else None
-    gt_index = {name: i for i, name in enumerate(gt.names)} if gt is not None else {}
+    return device, model, dataset, gt
 
-    n = len(dataset)
-    every = max(n // 10, 1)
 
+def _statistics(model, dataset, cfg: dict, data: dict, runtime: dict, device, prior, alignment: dict | None):
+    """(predictions: a callable giving passes over every image, prior offset or None, class thresholds or
+    None, the alignment's record): the passes that read every image before any label is final."""
+    selection = str(cfg["selection"])
     predictions, offset, record = teacher_passes(model, dataset, cfg, data, runtime, device, prior,
                                                  alignment if cfg["align_prior"] else None)
-    class_thr = pooled_thresholds(((p, c) for _, _, p, _, c in predictions()), n, mode=selection, threshold=threshold,
-                                  percentile=float(cfg["percentile"]), sample_pixels=cfg["sample_pixels"],
-                                  seed=int(cfg["seed"]), stage="teacher labels") if selection == "balanced" else None
+    class_thr = pooled_thresholds(((p, c) for _, _, p, _, c in predictions()), len(dataset), mode=selection,
+                                  threshold=float(cfg["threshold"]), percentile=float(cfg["percentile"]),
+                                  sample_pixels=cfg["sample_pixels"], seed=int(cfg["seed"]),
+                                  stage="teacher labels") if selection == "balanced" else None
+    return predictions, offset, class_thr, record
 
-    def labelled(tmp: Path):
-        for k, (name, file, pred, _, conf) in enumerate(predictions()):
+
+def _write_labels(predictions: Iterable, n: int, cfg: dict, class_thr: dict | None, gt, target_gt: dict | None,
+                  out_dir, runtime: dict, check: bool = True) -> QualityCounts:
+    """Save each prediction (after the selection) into `out_dir` (atomically) and count its quality."""
+    from bismap.data.labels import save_label_png
+
+    selection = str(cfg["selection"])
+    threshold = float(cfg["threshold"]) if selection != "none" else None
+    gt_index = {name: i for i, name in enumerate(gt.names)} if gt is not None else {}
+    every = max(n // 10, 1)
+    counts = QualityCounts()
+    with atomic_dir(out_dir) as tmp:
+        for k, (name, file, pred, _, conf) in enumerate(predictions):
             check_scores(conf, file, "teacher labels")
-            if selects:
+            if selection != "none":
                 pred = apply_selection(pred, conf, selection, threshold, class_thr)
             save_label_png(tmp / file, pred)
             truth = None if gt is None else ground_truth(gt, gt_index, target_gt, name, file, pred.shape)
+            counts.add(pred, truth)
             if (k + 1) % every == 0 or k + 1 == n:
                 print(f"teacher labels: {k + 1}/{n} images", flush=True)
-            yield pred, truth
+        if check:
+            check_coverage(counts.summary(), float(runtime["min_label_coverage"]), out_dir, "teacher labels")
+    return counts
 
-    with atomic_dir(out_dir) as tmp:
-        quality = label_quality(labelled(tmp))
-        check_coverage(quality, float(runtime["min_label_coverage"]), out_dir, "teacher labels")
-    quality.update({"checkpoint": str(checkpoint), "scales": scales, "flip": flip, "selection": selection,
-                    "threshold": threshold,
+
+def _quality(counts: QualityCounts, *, checkpoint: str, cfg: dict, offset, class_thr: dict | None, record: dict,
+             threads: int) -> dict:
+    quality = counts.summary()
+    selection = str(cfg["selection"])
+    quality.update({"checkpoint": str(checkpoint), "scales": [float(s) for s in cfg["scales"]],
+                    "flip": bool(cfg["flip"]), "selection": selection,
+                    "threshold": float(cfg["threshold"]) if selection != "none" else None,
                     **({"class_thresholds": {str(c): t for c, t in sorted(class_thr.items())}} if class_thr else {}),
                     "adabn": bool(cfg["adabn"]["enabled"]),
-                    **({"prior_offset": offset.tolist()} if offset is not None else {}),
+                    **({"prior_offset": [float(v) for v in offset]} if offset is not None else {}),
                     **({"prior_alignment": prior_report(record, quality.get("gt_class_frequency"))}
-                       if record else {}), **thread_record()})
-    write_json(out_quality, quality)
+                       if record else {}), "threads": int(threads)})
+    return quality
+
+
+def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir: str | Path,
+        out_quality: str | Path, cfg: dict, data: dict, runtime: dict, threads: int = 1,
+        prior: str | Path | None = None, alignment: dict | None = None) -> None:
+    """Write the teacher's hard labels for every `target` image, and their quality JSON. `alignment`: the
+    `prior_alignment` section, applied when `cfg.align_prior` is on (with `prior`, the source class prior
+    file)."""
+    device, model, dataset, gt = _open(checkpoint, target, target_gt, cfg, data, runtime, threads)
+    predictions, offset, class_thr, record = _statistics(model, dataset, cfg, data, runtime, device, prior, alignment)
+    counts = _write_labels(predictions(), len(dataset), cfg, class_thr, gt, target_gt, out_dir, runtime)
+    write_json(out_quality, _quality(counts, checkpoint=str(checkpoint), cfg=cfg, offset=offset,
+                                     class_thr=class_thr, record=record, **thread_record()))
+
+
+def run_statistics(*, checkpoint: str | Path, target: dict, cfg: dict, data: dict, runtime: dict,
+                   out_statistics: str | Path, threads: int = 1, prior: str | Path | None = None,
+                   alignment: dict | None = None) -> None:
+    """Sharded labels, first job: the prior offset and balanced thresholds over every image (as `run`)."""
+    device, model, dataset, _ = _open(checkpoint, target, None, cfg, data, runtime, threads)
+    _, offset, class_thr, record = _statistics(model, dataset, cfg, data, runtime, device, prior, alignment)
+    write_statistics(out_statistics, stage=SECTION, images=len(dataset), offset=offset, class_thr=class_thr,
+                     record=record, **thread_record())
+
+
+def run_shard(*, checkpoint: str | Path, target: dict, target_gt: dict | None, cfg: dict, data: dict,
+              runtime: dict, shard: int, shards: int, out_dir: str | Path, out_counts: str | Path,
+              statistics: str | Path | None = None, threads: int = 1) -> None:
+    """Sharded labels: the `shard`-th of `shards` contiguous blocks of the images, labelled as `run` labels
+    them, with `statistics` (run_statistics' file; None where bismap.workflow.sharding needs none) instead
+    of the passes over every image; `out_counts` holds the block's quality counts for `gather`."""
+    if needs_statistics(cfg) and statistics is None:
+        raise InputError(f"{SECTION}: this selection needs the statistics file of every image (run_statistics)")
+    offset, class_thr, _ = (None, None, {}) if statistics is None else read_statistics(statistics, SECTION)
+    device, model, dataset, gt = _open(checkpoint, target, target_gt, cfg, data, runtime, threads)
+    part = dataset.shard(int(shard), int(shards))
+    print(f"teacher labels: shard {int(shard) + 1}/{int(shards)}, {len(part)} of {len(dataset)} images", flush=True)
+    pairs = item_logits(model, part, scales=[float(s) for s in cfg["scales"]], flip=bool(cfg["flip"]),
+                        mean=data["mean"], std=data["std"], device=device, workers=int(runtime["workers"]))
+    predictions = label_maps(pairs, has_labels=bool(getattr(part, "has_labels", True)),
+                             confidence=str(cfg["selection"]) != "none", logit_offset=offset)
+    counts = _write_labels(predictions, len(part), cfg, class_thr, gt, target_gt, out_dir, runtime, check=False)
+    write_counts(out_counts, stage=SECTION, shard=shard, shards=shards, counts=counts,
+                 same={"checkpoint": str(checkpoint), **thread_record()})
+
+
+def gather(*, shard_dirs: list, shard_counts: list, out_dir: str | Path, out_quality: str | Path, cfg: dict,
+           runtime: dict, statistics: str | Path | None = None) -> None:
+    """Join the shards' label folders and counts into the folder and quality json that `run` writes."""
+    offset, class_thr, record = (None, None, {}) if statistics is None else read_statistics(statistics, SECTION)
+    counts, same = join_shards(shard_dirs, shard_counts, out_dir, stage=SECTION,
+                               min_coverage=float(runtime["min_label_coverage"]))
+    write_json(out_quality, _quality(counts, checkpoint=same["checkpoint"], cfg=cfg, offset=offset,
+                                     class_thr=class_thr, record=record, threads=same["threads"]))
