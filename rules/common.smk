@@ -9,7 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from bismap.workflow.params import as_param, schema_node
-from bismap.workflow.sharding import needs_statistics
+from bismap.method.sharding import needs_statistics
 
 SCHEMA = yaml.safe_load((Path(workflow.main_snakefile).parent / "configs" / "schema.yaml").read_text())
 

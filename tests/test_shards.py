@@ -50,8 +50,8 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 def sharded(tmp: Path, shards: int, *, ckpt, tgt, cfg, alignment, prior, runtime=RUNTIME) -> tuple[Path, Path]:
     """The jobs rules/training.smk makes of shards > 1, in their order."""
+    from bismap.method.sharding import needs_statistics
     from bismap.stages import teacher_labels
-    from bismap.workflow.sharding import needs_statistics
 
     stats = None
     if needs_statistics(cfg):

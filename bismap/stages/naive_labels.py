@@ -27,7 +27,7 @@ from bismap.method.labelling import (
     thread_record,
     write_labels,
 )
-from bismap.workflow.sharding import needs_statistics
+from bismap.method.sharding import needs_statistics
 
 
 def softmax_predictor(model, *, mean, std, device, flip: bool) -> Predictor:

@@ -44,7 +44,7 @@ from bismap.method.labelling import (
 )
 from bismap.method.prior_alignment import offset_for
 from bismap.method.prototypes import ClassScorer, DiagonalGMM, best_class, load_prototypes, unit_rows
-from bismap.workflow.sharding import needs_statistics
+from bismap.method.sharding import needs_statistics
 
 
 # ----------------------------------------------------------------------------- upsampling

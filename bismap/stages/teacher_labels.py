@@ -41,7 +41,7 @@ from bismap.method.labelling import (
     thread_record,
 )
 from bismap.method.prior_alignment import offset_for, prior_report
-from bismap.workflow.sharding import needs_statistics
+from bismap.method.sharding import needs_statistics
 
 SECTION = "teacher_labels"
 
@@ -194,7 +194,7 @@ def run_shard(*, checkpoint: str | Path, target: dict, target_gt: dict | None, c
               runtime: dict, shard: int, shards: int, out_dir: str | Path, out_counts: str | Path,
               statistics: str | Path | None = None, threads: int = 1) -> None:
     """Sharded labels: the `shard`-th of `shards` contiguous blocks of the images, labelled as `run` labels
-    them, with `statistics` (run_statistics' file; None where bismap.workflow.sharding needs none) instead
+    them, with `statistics` (run_statistics' file; None where bismap.method.sharding needs none) instead
     of the passes over every image; `out_counts` holds the block's quality counts for `gather`."""
     if needs_statistics(cfg) and statistics is None:
         raise InputError(f"{SECTION}: this selection needs the statistics file of every image (run_statistics)")

@@ -1,4 +1,4 @@
-"""Which jobs a sharded label stage becomes (read by the rules at parse time: no torch here)."""
+"""Which jobs a sharded label stage becomes; rules import it at parse time, so it imports nothing (no torch)."""
 from __future__ import annotations
 
 
