@@ -119,6 +119,11 @@ def shard_outputs(stage, parts):
             "shard_counts": expand(f"{parts}/{{shard}}.counts.json", shard=n, allow_missing=True)}
 
 
+def cpu_res(stage):
+    """A stage's memory and time without its GPU: the CPU-only steps of a sharded stage."""
+    return {k: v for k, v in res(stage).items() if k != "gpu"}
+
+
 def prior_input(section):
     """The source class prior as an input only when `<section>.align_prior` is on."""
     return {"prior": f"{RESULTS}/prototypes/source_prior.json"} if C(f"{section}/align_prior") else {}

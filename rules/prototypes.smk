@@ -2,29 +2,135 @@
 # per-class diagonal GMMs, target pseudo labels.
 
 
-rule source_features:
-    """Per-class banks of decoder features of correctly predicted source pixels (HDF5)."""
-    input:
-        **source_inputs(),
-        checkpoint=model_ckpt("warmup"),
-    output:
-        out_h5=f"{RESULTS}/prototypes/source_features.h5",
-    params:
-        source=source_spec(),
-        cfg=C("source_features"),
-        data=C("data/normalize"),
-    log:
-        f"{LOGS}/source_features.log",
-    benchmark:
-        f"{BENCH}/source_features.tsv"
-    threads: threads("source_features")
-    priority: MAINLINE
-    resources:
-        **res("source_features"),
-    conda:
-        ENV
-    script:
-        "../scripts/source_features.py"
+# resources.source_features.shards > 1: counting shards, a plan of the rows one job keeps, row shards
+# and a gather writing one job's file (bismap.method.feature_shards).
+FEATURE_PARTS = f"{RESULTS}/prototypes/source_features.shards"
+
+if shards("source_features") == 1:
+
+    rule source_features:
+        """Per-class banks of decoder features of correctly predicted source pixels (HDF5)."""
+        input:
+            **source_inputs(),
+            checkpoint=model_ckpt("warmup"),
+        output:
+            out_h5=f"{RESULTS}/prototypes/source_features.h5",
+        params:
+            source=source_spec(),
+            cfg=C("source_features"),
+            data=C("data/normalize"),
+        log:
+            f"{LOGS}/source_features.log",
+        benchmark:
+            f"{BENCH}/source_features.tsv"
+        threads: threads("source_features")
+        priority: MAINLINE
+        resources:
+            **res("source_features"),
+        conda:
+            ENV
+        script:
+            "../scripts/source_features.py"
+
+else:
+
+    rule source_features_counts:
+        """Sharded source features, pass 1: correct pixels per class of each batch of one block."""
+        input:
+            **source_inputs(),
+            checkpoint=model_ckpt("warmup"),
+        output:
+            counts=temp(f"{FEATURE_PARTS}/{{shard}}.counts.json"),
+        params:
+            source=source_spec(),
+            cfg=C("source_features"),
+            data=C("data/normalize"),
+            shards=shards("source_features"),
+        wildcard_constraints:
+            shard=r"\d+",
+        log:
+            f"{LOGS}/source_features.counts{{shard}}.log",
+        benchmark:
+            f"{BENCH}/source_features.counts{{shard}}.tsv"
+        threads: threads("source_features")
+        priority: MAINLINE
+        resources:
+            **res("source_features"),
+        conda:
+            ENV
+        script:
+            "../scripts/source_features_counts.py"
+
+    rule source_features_plan:
+        """Sharded source features: the ids of the rows one job keeps, from the counts alone."""
+        input:
+            counts=expand(f"{FEATURE_PARTS}/{{shard}}.counts.json", shard=range(shards("source_features"))),
+        output:
+            plan=temp(f"{FEATURE_PARTS}/plan.npz"),
+        params:
+            cfg=C("source_features"),
+        log:
+            f"{LOGS}/source_features.plan.log",
+        benchmark:
+            f"{BENCH}/source_features.plan.tsv"
+        threads: 1
+        priority: MAINLINE
+        resources:
+            **cpu_res("source_features"),
+        conda:
+            ENV
+        script:
+            "../scripts/source_features_plan.py"
+
+    rule source_features_shard:
+        """Sharded source features, pass 2: the planned rows of one block."""
+        input:
+            **source_inputs(),
+            checkpoint=model_ckpt("warmup"),
+            plan=f"{FEATURE_PARTS}/plan.npz",
+        output:
+            rows=temp(f"{FEATURE_PARTS}/{{shard}}.h5"),
+        params:
+            source=source_spec(),
+            cfg=C("source_features"),
+            data=C("data/normalize"),
+            shards=shards("source_features"),
+        wildcard_constraints:
+            shard=r"\d+",
+        log:
+            f"{LOGS}/source_features.shard{{shard}}.log",
+        benchmark:
+            f"{BENCH}/source_features.shard{{shard}}.tsv"
+        threads: threads("source_features")
+        priority: MAINLINE
+        resources:
+            **res("source_features"),
+        conda:
+            ENV
+        script:
+            "../scripts/source_features_shard.py"
+
+    rule source_features:
+        """Per-class banks of decoder features (HDF5): the row shards in one job's order."""
+        input:
+            plan=f"{FEATURE_PARTS}/plan.npz",
+            rows=expand(f"{FEATURE_PARTS}/{{shard}}.h5", shard=range(shards("source_features"))),
+        output:
+            out_h5=f"{RESULTS}/prototypes/source_features.h5",
+        params:
+            cfg=C("source_features"),
+        log:
+            f"{LOGS}/source_features.log",
+        benchmark:
+            f"{BENCH}/source_features.tsv"
+        threads: 1
+        priority: MAINLINE
+        resources:
+            **cpu_res("source_features"),
+        conda:
+            ENV
+        script:
+            "../scripts/source_features_gather.py"
 
 
 rule fit_prototypes:

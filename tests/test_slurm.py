@@ -229,6 +229,8 @@ needs_workflow = pytest.mark.skipif(not (REPO / "Snakefile").exists() or not TIN
 
 
 LABEL_STAGES = ("pseudo_labels", "naive_labels", "teacher_labels", "evaluate")  # the stages with `shards`
+FEATURE_RULES = {"source_features_counts": 2, "source_features_plan": 1, "source_features_shard": 2,
+                 "source_features": 1}  # resources.source_features.shards: 2
 
 
 def _gpu_overlay(tmp_path: Path, extra: str = "") -> Path:
@@ -274,17 +276,20 @@ def _checkpoint_difference(a: Path, b: Path) -> str:
 def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     """The whole tiny workflow as SLURM jobs gives the local run's files. The SLURM run also shards the
     label stages and the evaluations (2 shard jobs each, a statistics job where the selection reads every
-    image first, a local gather), so sharded labels and metrics are compared with one job's byte for byte
+    image first, a local gather) and the source features (2 counting and 2 row shards, a plan and a
+    gather job), so sharded labels, metrics and feature banks are compared with one job's byte for byte
     (issue 25, test 4 b)."""
     overlay = _gpu_overlay(tmp_path)
     sharded = tmp_path / "sharded.yaml"
-    sharded.write_text(overlay.read_text() + "".join(f"  {stage}: {{shards: 2}}\n" for stage in LABEL_STAGES))
+    sharded.write_text(overlay.read_text() + "".join(f"  {stage}: {{shards: 2}}\n"
+                                                     for stage in (*LABEL_STAGES, "source_features")))
     configs = [str(TINY_CONFIG), str(overlay)]
     expected = _dry_run_jobs(tmp_path / "dry", [str(TINY_CONFIG), str(sharded)])
     for stage in LABEL_STAGES:
         assert expected[f"{stage}_shard"] == 2 * expected[stage] > 0, expected
     assert expected["teacher_labels_statistics"] == expected["teacher_labels"], expected  # balanced + aligned
     assert expected["pseudo_labels_statistics"] == 1, expected
+    assert {r: expected[r] for r in FEATURE_RULES} == FEATURE_RULES, expected
     local_rules = {"all", *LABEL_STAGES}
 
     # The local reference runs at the same time as the SLURM run: wall time is what CI pays.
@@ -316,10 +321,12 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
             assert rec["Partition"] == ("gpu" if gpu_request(rec) else "cpu"), (rule, rec)
     assert not gpu_rules & cpu_rules, gpu_rules & cpu_rules
     assert {"warmup", "self_training", "distillation"} <= gpu_rules, gpu_rules
-    assert {f"{stage}_shard" for stage in LABEL_STAGES} <= gpu_rules, gpu_rules
+    feature_shards = {"source_features_counts", "source_features_shard"}
+    assert {f"{stage}_shard" for stage in LABEL_STAGES} | feature_shards <= gpu_rules, gpu_rules
     gather_log = (tmp_path / "slurm" / "logs" / "tiny" / "teacher_labels_r1.log").read_text()
     assert "teacher_labels: joined 2 shards" in gather_log, gather_log
-    assert {"synthetic_data", "stylize", "fit_prototypes", "report"} <= cpu_rules, cpu_rules
+    assert {"synthetic_data", "stylize", "fit_prototypes", "report", "source_features_plan",
+            "source_features"} <= cpu_rules, cpu_rules
 
     # Same results as the local run: label PNGs and metrics/quality JSON byte for byte,
     # checkpoints bitwise (determinism: same config + seed -> same result on CPU).
@@ -328,8 +335,9 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     jsons = sorted(p.relative_to(res_s) for p in res_s.rglob("*.json")
                    if p.parent.name in ("metrics", "labels"))
     ckpts = sorted(p.relative_to(res_s) for p in res_s.rglob("models/*.pt"))
-    assert pngs and jsons and ckpts, (pngs, jsons, ckpts)
-    for rel in pngs + jsons:
+    banks = sorted(p.relative_to(res_s) for p in res_s.rglob("prototypes/source_features.h5"))
+    assert pngs and jsons and ckpts and banks, (pngs, jsons, ckpts, banks)
+    for rel in pngs + jsons + banks:
         assert filecmp.cmp(res_s / rel, res_l / rel, shallow=False), f"{rel} differs between SLURM and local"
     problems = []
     for rel in ckpts:

@@ -151,7 +151,7 @@ def test_min_per_class_keeps_a_starved_class_unthinned(tiny, colour_model) -> No
 
 
 def test_reservoir_is_uniform_and_capped() -> None:
-    from bismap.stages.source_features import ClassReservoir
+    from bismap.method.feature_banks import ClassReservoir
 
     counts = np.zeros(100)
     for s in range(300):

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from bismap.data.image_io import read_rgb, resize_image, resize_label
+from bismap.data.image_io import image_size, read_rgb, resize_image, resize_label
 from bismap.data.labels import IGNORE_INDEX
 from bismap.io import InputError
 
@@ -61,6 +61,12 @@ class SegmentationFolder(Dataset):
         part.names = [e.name for e in part.entries]
         part.files = [e.file for e in part.entries]
         return part
+
+    def image_shape(self, index: int) -> tuple[int, int]:
+        """(H, W) of read_image(index), from the file's header when there is no fixed `size` (no decoding)."""
+        if self.size is not None:
+            return self.size
+        return image_size(self.entries[index].image)
 
     def read_image(self, index: int) -> np.ndarray:
         image = read_rgb(self.entries[index].image)

@@ -188,6 +188,17 @@ def iter_batches(dataset, batch_size: int, max_images: int | None = None) -> Ite
         yield batch
 
 
+def batch_bounds(shapes: Sequence[tuple[int, int]], batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch iter_batches makes of images with these (H, W), without reading them."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(shapes) + 1):
+        if i == len(shapes) or i - start >= batch_size or tuple(shapes[i]) != tuple(shapes[start]):
+            out.append((start, i))
+            start = i
+    return out
+
+
 def to_input(items: Sequence[dict], mean: Sequence[float], std: Sequence[float], device: torch.device) -> torch.Tensor:
     """uint8 HxWx3 images -> normalised float [B,3,H,W] (mean/std in [0,1] units, as the training views)."""
     x = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2).float().div_(255.0)
