@@ -82,3 +82,26 @@ def test_memory_counts_what_training_keeps() -> None:
     assert rows["self_training"]["forwards"] == 3 and rows["self_training"]["state_gib"] == pytest.approx(4 * params)
     assert rows["distillation"]["state_gib"] == pytest.approx(3 * params)  # no kd: no teacher in memory
     assert rows["self_training"]["fp32_gib"] > rows["warmup"]["fp32_gib"] > rows["warmup"]["fp32_ckpt_gib"]
+
+
+@pytest.mark.slow  # about 20 s
+def test_bench_paper_tiny_replaces_its_section_in_place(tmp_path) -> None:
+    """The paper part at its smallest sizes: every training stage, the label stages run by the stage
+    functions, loader workers; written into an existing file it replaces only its own section."""
+    from bismap.bench.__main__ import main
+
+    out = tmp_path / "perf.md"
+    head = "# Performance\n\n## Training step\n\nkept\n\n"
+    out.write_text(head + "## What a GPU node needs at the paper settings\n\nold\n")
+    assert main(["paper", "--tiny", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith(head + "## What a GPU node needs") and "old" not in text
+    assert "Measured by `python -m bismap.bench paper --tiny" in text
+    for stage in ("warmup", "oracle", "self_training", "distillation"):
+        m = re.search(rf"^\| {stage} \| \w+ \| (\d) \+ (\d) \| ([\d.]+) \| ([\d.]+) \|", text, re.M)
+        assert m and float(m.group(3)) > 0 and float(m.group(4)) > 0, text
+    assert re.search(r"^\| self_training \| \w+ \| 3 \+ 1 \|", text, re.M), text  # consistency: EMA teacher
+    for stage, size in (("source_features", "40x72"), ("pseudo_labels", "32x64"), ("teacher_labels", "32x64"),
+                        ("evaluate", "32x64")):
+        assert re.search(rf"^\| {stage} \| {size} \| [\d.]+ \| [\d.]+ \|", text, re.M), text
+    assert re.search(r"^\| [\d.]+ s \(this machine, measured\) \| \d+ \|$", text, re.M), text

@@ -7,8 +7,10 @@
 Parts: gmm (fit vs scikit-learn), scoring (pseudo-label GMM scoring vs the network forward),
 training (FLOP/s and overhead of the step), loading (readers + augmentation vs the step),
 workflow (snakemake -n, critical path of a finished run), preflight (reading every file before training),
-memory (each training stage's memory at the paper configs, from the autograd graph on the meta device). \
-Not tests: nothing here asserts a time.
+memory (each training stage's memory at the paper configs, from the autograd graph on the meta device),
+paper (training s/iteration and FLOPs, label stages at full resolution, loader workers at the paper setting;
+about 15 minutes on 2 cores, so not part of `all`: `python -m bismap.bench paper --out docs/performance.md`
+replaces its section in place). Not tests: nothing here asserts a time.
 """
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ import torch
 from bismap.bench.common import REPO
 
 PARTS = ("gmm", "scoring", "training", "loading", "workflow", "preflight", "memory")
+SLOW_PARTS = ("paper",)  # run only when named
 TITLES = {"gmm": "GMM fit against scikit-learn", "scoring": "GMM scoring against the network forward",
           "training": "Training step", "loading": "Data loading", "workflow": "Workflow",
-          "preflight": "Preflight", "memory": "Training memory at the paper settings"}
+          "preflight": "Preflight", "memory": "Training memory at the paper settings",
+          "paper": "What a GPU node needs at the paper settings"}
 
 
 def machine() -> str:
@@ -46,7 +50,7 @@ def machine() -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bismap.bench", description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("all",) + PARTS)
+    p.add_argument("part", choices=("all",) + PARTS + SLOW_PARTS)
     p.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes in all)")
     p.add_argument("--tiny", action="store_true", help="smallest sizes (the suite's own test)")
     p.add_argument("--out", type=Path, default=None, help="markdown output (default for all: docs/performance.md)")
@@ -84,8 +88,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_part(part: str, a: argparse.Namespace, results: dict) -> dict:
-    from bismap.bench import gmm, loading, memory, preflight, scoring, training, workflow
+    from bismap.bench import gmm, loading, memory, paper, preflight, scoring, training, workflow
 
+    if part == "paper":
+        if a.tiny:  # the suite's own test: tiny model, crops and images, the paper config's stages
+            small = {"backbone": "resnet18", "aspp_channels": 16, "decoder_channels": 16, "low_level_channels": 8}
+            return paper.run(iters=1, images=1, load_images=2, sizes={"source": (40, 72), "target": (32, 64)},
+                             overrides={"model": small, "augment": {"crop": [32, 64]}, "train": {"batch_size": 2},
+                                        "distillation": {"student_backbone": None}})
+        return paper.run()
     if part == "memory":
         return memory.run(["configs/gta5.yaml"] if a.tiny else ["configs/gta5.yaml", "configs/synthia.yaml"])
     if part == "preflight":
@@ -123,6 +134,21 @@ def goals(results: dict) -> str:
     return "## Goals\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
+def section(text: str, title: str) -> str | None:
+    """The `## title` section of a markdown text (up to the next `## ` heading), or None."""
+    start = text.find(f"## {title}\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end + 1]
+
+
+def replace_section(text: str, title: str, new: str) -> str:
+    """text with its `## title` section replaced by `new` (appended when there is none)."""
+    old = section(text, title)
+    return text.replace(old, new) if old else text.rstrip("\n") + "\n\n" + new
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     parts = PARTS if a.part == "all" else (a.part,)
@@ -130,19 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     for part in parts:
         results[part] = run_part(part, a, results)
-    from bismap.bench import gmm, loading, memory, preflight, scoring, training, workflow
+    from bismap.bench import gmm, loading, memory, paper, preflight, scoring, training, workflow
 
     mods = {"gmm": gmm, "scoring": scoring, "training": training, "loading": loading, "workflow": workflow,
-            "preflight": preflight, "memory": memory}
+            "preflight": preflight, "memory": memory, "paper": paper}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc = [f"# Performance\n\nMeasured by `{cmd}` on {now}.\n\nMachine: {machine()}. Every figure is a ratio "
-           "against a reference measured in the same run on the same machine; the machine was shared with other "
-           "jobs, so absolute times are upper bounds (timings are the best of the repeats; training steps "
-           "the median of the iterations).\n"]
-    doc += [goals(results)] if goals(results) else []
-    doc += [f"## {TITLES[p]}\n\n{mods[p].markdown(results[p])}\n" for p in parts]
-    text = "\n".join(doc)
     out = a.out or (REPO / "docs" / "performance.md" if a.part == "all" else None)
+    old = out.read_text() if out is not None and out.is_file() else None
+    if a.part == "all" or old is None:
+        doc = [f"# Performance\n\nMeasured by `{cmd}` on {now}.\n\nMachine: {machine()}. Every figure is a ratio "
+               "against a reference measured in the same run on the same machine; the machine was shared with other "
+               "jobs, so absolute times are upper bounds (timings are the best of the repeats; training steps "
+               "the median of the iterations).\n"]
+        doc += [goals(results)] if goals(results) else []
+        doc += [f"## {TITLES[p]}\n\n{mods[p].markdown(results[p])}\n" for p in parts]
+        text = "\n".join(doc)
+        for p in SLOW_PARTS:  # `all` keeps the sections of the parts it does not run
+            kept = old and section(old, TITLES[p])
+            text += f"\n{kept}" if kept else ""
+    else:  # one part into an existing file: its section only, with its own command, date and machine
+        text = replace_section(old, TITLES[a.part], f"## {TITLES[a.part]}\n\nMeasured by `{cmd}` on {now}; "
+                               f"machine: {machine()}.\n\n{mods[a.part].markdown(results[a.part])}\n")
     if out is None:
         print(text)
     else:
