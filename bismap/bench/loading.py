@@ -34,25 +34,32 @@ def _write_images(root: Path, n: int, cfg: dict) -> list:
     return entries
 
 
+def view_rates(ds, cfg: dict) -> list[dict[str, Any]]:
+    """images/s of one process through the weak (source) and weak + strong (target) training views."""
+    from bismap.data.training_view import TrainingView
+
+    mean, std = cfg["data"]["normalize"]["mean"], cfg["data"]["normalize"]["std"]
+    rows = []
+    for view, strong in (("weak (source)", None), ("weak + strong (target)", cfg["self_training"]["strong"])):
+        tv = TrainingView(ds, cfg["augment"], mean, std, strong=strong, seed=0)
+        t0 = time.perf_counter()
+        for i in range(len(tv)):
+            tv[i]
+        rows.append({"view": view, "images_s": len(tv) / (time.perf_counter() - t0)})
+    return rows
+
+
 def run(n_images: int = 32, step_s_per_it: float | None = None, batch: int | None = None) -> dict[str, Any]:
     from bismap.data.labels import read_trainid_png
     from bismap.data.readers import SegmentationFolder
-    from bismap.data.training_view import TrainingView
 
     cfg = default_config()
     batch = int(batch or cfg["train"]["batch_size"])
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ds = SegmentationFolder(_write_images(Path(tmp), n_images, cfg), read_trainid_png)
-        mean, std = cfg["data"]["normalize"]["mean"], cfg["data"]["normalize"]["std"]
         for i in range(len(ds)):  # warm the file cache: reading, not the disk, is measured
             ds[i]
-        for view, strong in (("weak (source)", None), ("weak + strong (target)", cfg["self_training"]["strong"])):
-            tv = TrainingView(ds, cfg["augment"], mean, std, strong=strong, seed=0)
-            t0 = time.perf_counter()
-            for i in range(len(tv)):
-                tv[i]
-            rows.append({"view": view, "images_s": len(tv) / (time.perf_counter() - t0)})
+        rows = view_rates(ds, cfg)
     src, tgt = rows[0]["images_s"], rows[1]["images_s"]
     per_it = batch / src + batch / tgt  # seconds of one process to read one iteration's 2 batches
     out = {"rows": rows, "batch": batch, "size": [cfg["synthetic"]["height"], cfg["synthetic"]["width"]],
