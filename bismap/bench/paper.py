@@ -123,7 +123,7 @@ def _prototypes(root: Path, cfg: dict, dim: int) -> Path:
     return root / "gmm.pt"
 
 
-def label_stages(cfg: dict, images: int, sizes: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+def label_stages(cfg: dict, images: int, sizes: dict[str, tuple[int, int]], threads: int) -> list[dict[str, Any]]:
     from bismap.stages import evaluate, pseudo_labels, source_features, teacher_labels
 
     runtime = {**cfg["runtime"], "device": "cpu", "workers": 0}
@@ -140,18 +140,20 @@ def label_stages(cfg: dict, images: int, sizes: dict[str, tuple[int, int]]) -> l
         jobs = {
             "source_features": (sizes["source"], lambda n: source_features.run(
                 checkpoint=ckpt, source=source[n], out_h5=root / f"f{n}.h5",
-                cfg={**cfg["source_features"], "batch_size": 1}, data=data, runtime=runtime)),
+                cfg={**cfg["source_features"], "batch_size": 1}, data=data, runtime=runtime,
+                threads=threads)),
             "pseudo_labels": (sizes["target"], lambda n: pseudo_labels.run(
                 checkpoint=ckpt, prototypes=gmm, target=train[n], target_gt=None, out_dir=root / f"p{n}",
                 out_quality=root / f"p{n}.json", cfg={**cfg["pseudo_labels"], "align_prior": False}, data=data,
-                runtime={**runtime, "min_label_coverage": 0.0})),
+                runtime={**runtime, "min_label_coverage": 0.0}, threads=threads)),
             "teacher_labels": (sizes["target"], lambda n: teacher_labels.run(
                 checkpoint=ckpt, target=train[n], target_gt=None, out_dir=root / f"t{n}",
                 out_quality=root / f"t{n}.json", cfg={**cfg["teacher_labels"], "align_prior": False}, data=data,
-                runtime={**runtime, "min_label_coverage": 0.0})),
+                runtime={**runtime, "min_label_coverage": 0.0}, threads=threads)),
             "evaluate": (sizes["target"], lambda n: evaluate.run(
                 checkpoint=ckpt, target=val[n], out_json=root / f"e{n}.json",
-                out_confusion_csv=root / f"e{n}.csv", cfg=cfg["evaluation"], data=data, runtime=runtime)),
+                out_confusion_csv=root / f"e{n}.csv", cfg=cfg["evaluation"], data=data, runtime=runtime,
+                threads=threads)),
         }
         for stage, (size, job) in jobs.items():
             t0 = time.perf_counter()
@@ -193,13 +195,14 @@ def run(config_file: str = "configs/gta5.yaml", *, iters: int = 2, images: int =
     for section, values in (overrides or {}).items():
         cfg[section] = {**cfg[section], **values}
     sizes = sizes or SIZES
+    threads = torch.get_num_threads()  # every part at the machine's threads (the stages' default is 1)
     train_rows = training(cfg, iters)
-    label_rows = label_stages(cfg, images, sizes)
+    label_rows = label_stages(cfg, images, sizes, threads)
     load = loading(cfg, load_images, sizes["source"])
     step = next(r["s_per_it"] for r in train_rows if r["stage"] == "self_training")
     load["workers"] = [{"step": f"{s:.2f} s" + (" (this machine, measured)" if s == step else ""),
                         "workers": max(1, math.ceil(load["read_s_per_it"] / s))} for s in (step, *STEP_S)]
-    return {"config": config_file, "threads": torch.get_num_threads(), "batch": int(cfg["train"]["batch_size"]),
+    return {"config": config_file, "threads": threads, "batch": int(cfg["train"]["batch_size"]),
             "crop": list(cfg["augment"]["crop"]), "training": train_rows, "labels": label_rows, "loading": load,
             "sizes": {k: list(v) for k, v in sizes.items()}}
 
@@ -215,7 +218,7 @@ def markdown(res: dict[str, Any]) -> str:
              ("iterations", "iterations"), ("hours", "hours at this rate")]))
     lr = [{**r, "s_per_image": f"{r['s_per_image']:.1f}", "images_s": f"{r['images_s']:.3f}",
            "first_s": f"{r['first_s']:.0f}"} for r in res["labels"]]
-    s += "\n\nLabel stages at full resolution:\n\n" + table(lr, [
+    s += f"\n\nLabel stages at full resolution, {res['threads']} threads:\n\n" + table(lr, [
         ("stage", "stage"), ("size", "image"), ("s_per_image", "s/image"), ("images_s", "images/s"),
         ("first_s", "first image incl. setup, s")])
     ld = res["loading"]
