@@ -85,12 +85,14 @@ def training(cfg: dict, iters: int) -> list[dict[str, Any]]:
 
 
 def _write_data(root: Path, n: int, sizes: dict[str, tuple[int, int]]) -> tuple[dict, dict]:
+    """n source images at the source size and n + n target images at the target size."""
     from bismap.data.synthetic.writer import write_benchmark
 
     for role, (h, w) in sizes.items():
+        counts = {"n_source": n if role == "source" else 0, "n_target_train": 0 if role == "source" else n,
+                  "n_target_val": 0 if role == "source" else n}
         write_benchmark(str(root / f"{role}_src"), str(root / f"{role}_tgt"),
-                        {"height": h, "width": w, "n_source": n, "n_target_train": n, "n_target_val": n,
-                         "workers": 1})
+                        {"height": h, "width": w, "workers": 1, **counts})
     return {"dataset": "gta5", "root": str(root / "source_src"), "size": None}, \
         {"dataset": "cityscapes", "root": str(root / "target_tgt"), "size": None}
 

@@ -105,6 +105,7 @@ def write_plan(path, *, bounds: np.ndarray, counts: np.ndarray, offsets: np.ndar
 
 
 def read_plan(path) -> dict:
+    """The plan's arrays, with each class's ids also sorted once (`sorted_<c>`, for select)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             plan = {k: z[k] for k in z.files}
@@ -112,6 +113,8 @@ def read_plan(path) -> dict:
         raise InputError(f"{path}: unreadable source feature plan ({e})") from None
     if str(plan.get("format")) != PLAN_FORMAT:
         raise InputError(f"{path}: not a {PLAN_FORMAT} file")
+    for c in range(NUM_CLASSES):
+        plan[f"sorted_{c}"] = np.sort(plan[f"ids_{c}"])
     return plan
 
 
@@ -129,7 +132,7 @@ def select(plan: dict, batch: int, per_class: dict[int, torch.Tensor], where) ->
         if not n:
             continue
         lo = int(plan["offsets"][batch, c])
-        ids = np.sort(plan[f"ids_{c}"])
+        ids = plan[f"sorted_{c}"]
         ids = ids[np.searchsorted(ids, lo): np.searchsorted(ids, lo + n)]
         if len(ids):
             out[c] = (ids, rows[torch.from_numpy(ids - lo).to(rows.device)].float().cpu().numpy())
@@ -171,12 +174,11 @@ def gather(plan: dict, shard_files: Sequence, where) -> list[Bank]:
             rows = np.concatenate([f[f"rows_{c}"][()] for f in files])
             order = np.argsort(ids, kind="stable")
             ids, rows = ids[order], rows[order]
-            pos = np.searchsorted(ids, want)
-            if len(ids) != len(want) or len(np.unique(ids)) != len(ids) \
-                    or not np.array_equal(ids[np.minimum(pos, len(ids) - 1)] if len(ids) else ids, want):
+            if not np.array_equal(ids, plan[f"sorted_{c}"]):
                 raise InputError(f"{where}: the shards hold {len(ids)} rows of class {c}, the plan names "
                                  f"{len(want)} others (shards of another plan?)")
-            banks.append(Bank(torch.from_numpy(rows[pos]), int(plan["seen"][c]), bool(plan["unthinned"][c]),
+            in_slot_order = rows[np.searchsorted(ids, want)]
+            banks.append(Bank(torch.from_numpy(in_slot_order), int(plan["seen"][c]), bool(plan["unthinned"][c]),
                               int(plan["thinned_rows"][c])))
         return banks
     finally:

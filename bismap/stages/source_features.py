@@ -25,9 +25,16 @@ from bismap.method import feature_shards
 from bismap.method.feature_banks import BankSampler, correct_pixels, write_banks
 
 
+def class_fractions(cfg: dict) -> list[float]:
+    fractions = [float(f) for f in cfg["class_fractions"]]
+    if len(fractions) != NUM_CLASSES:
+        raise InputError(f"config: `source_features.class_fractions` needs {NUM_CLASSES} values, got {len(fractions)}")
+    return fractions
+
+
 def bank_attrs(cfg: dict) -> dict:
     """The settings the HDF5 file records (fit_prototypes and the report read them back)."""
-    return {"class_fractions": np.asarray([float(f) for f in cfg["class_fractions"]], dtype=np.float64),
+    return {"class_fractions": np.asarray(class_fractions(cfg), dtype=np.float64),
             "max_per_class": int(cfg["max_per_class"]), "min_per_class": int(cfg["min_per_class"]),
             "seed": int(cfg["seed"])}
 
@@ -38,10 +45,7 @@ class _Setup:
     def __init__(self, checkpoint, source: dict, cfg: dict, data: dict, runtime: dict, threads: int) -> None:
         self.device = setup_device(threads, runtime)
         self.mean, self.std = mean_std(data)
-        self.fractions = [float(f) for f in cfg["class_fractions"]]
-        if len(self.fractions) != NUM_CLASSES:
-            raise InputError(f"config: `source_features.class_fractions` needs {NUM_CLASSES} values, "
-                             f"got {len(self.fractions)}")
+        self.fractions = class_fractions(cfg)
         self.cap, self.seed = int(cfg["max_per_class"]), int(cfg["seed"])
         self.min_per_class = int(cfg["min_per_class"])
         self.batch_size, self.flip = int(cfg["batch_size"]), bool(cfg["flip"])
@@ -69,8 +73,11 @@ class _Setup:
             items = [self.ds[i] for i in range(int(bounds[b][0]), int(bounds[b][1]))]
             yield b, items
             done += len(items)
-            if done == todo or done % max(1, 10 * self.batch_size) < len(items):
-                print(f"source_features: {done}/{todo} images", flush=True)
+            self.progress(done, todo, len(items))
+
+    def progress(self, done: int, todo: int, last: int) -> None:
+        if done == todo or done % max(1, 10 * self.batch_size) < last:
+            print(f"source_features: {done}/{todo} images", flush=True)
 
 
 def run(*, checkpoint: str | os.PathLike, source: dict, out_h5: str | os.PathLike, cfg: dict, data: dict,
@@ -85,8 +92,7 @@ def run(*, checkpoint: str | os.PathLike, source: dict, out_h5: str | os.PathLik
             sampler = BankSampler(s.fractions, s.cap, s.min_per_class, s.seed, dim)
         sampler.add(per_class)
         done += len(items)
-        if done == s.total or done % max(1, 10 * s.batch_size) < len(items):
-            print(f"source_features: {done}/{s.total} images", flush=True)
+        s.progress(done, s.total, len(items))
     if sampler is None:
         raise InputError(f"{source.get('root')}: no source images to take features from")
     write_banks(out_h5, sampler.banks(), dim=dim, images=s.total, attrs=bank_attrs(cfg))
@@ -110,10 +116,7 @@ def run_counts(*, checkpoint: str | os.PathLike, source: dict, cfg: dict, data: 
 def run_plan(*, counts: Sequence, cfg: dict, out_plan: str | os.PathLike) -> None:
     """The rows one job keeps, by id, from the shards' counts (no model, no images)."""
     bounds, per_batch, dim, same = feature_shards.read_counts(counts)
-    fractions = [float(f) for f in cfg["class_fractions"]]
-    if len(fractions) != NUM_CLASSES:
-        raise InputError(f"config: `source_features.class_fractions` needs {NUM_CLASSES} values, got {len(fractions)}")
-    banks, offsets = feature_shards.replay(per_batch, fractions=fractions, cap=int(cfg["max_per_class"]),
+    banks, offsets = feature_shards.replay(per_batch, fractions=class_fractions(cfg), cap=int(cfg["max_per_class"]),
                                            min_per_class=int(cfg["min_per_class"]), seed=int(cfg["seed"]))
     feature_shards.write_plan(out_plan, bounds=bounds, counts=per_batch, offsets=offsets, banks=banks,
                               feature_dim=dim, images=int(bounds[-1][1]), same=same)
