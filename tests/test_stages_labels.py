@@ -508,3 +508,33 @@ def test_agree_rule_vetoes_pixels_where_network_and_gmms_differ() -> None:
     p_hi = 1 / (1 + 18 * math.exp(-10.0))  # softmax of +5 against eighteen -5
     p_lo = 1 / (1 + 18 * math.exp(-6.0))
     assert score[0, 0] == pytest.approx(p_hi) and score[1, 0] == pytest.approx(p_lo)
+
+
+def test_write_labels_keeps_every_pixel_without_selection_and_names_the_missing_truth(tmp_path) -> None:
+    """mode "none" (the teacher's argmax) writes the labels unchanged; an image without ground truth
+    stops the pass with its ground-truth root and file name, and leaves no label folder behind."""
+    from bismap.data.labels import read_trainid_png
+    from bismap.method.labelling import write_labels
+
+    label = np.array([[0, 2], [8, 13]], np.uint8)
+    score = np.array([[0.1, 0.9], [0.2, 0.95]], np.float32)
+
+    class Truth:
+        root = tmp_path / "gt_root"
+        names = ["a"]
+
+        def __getitem__(self, i):
+            return {"label": label}
+
+    counts = write_labels([("a", "a.png", label, score)], 1, Truth(), mode="none", threshold=None, class_thr=None,
+                          out_dir=tmp_path / "none", stage="test", min_coverage=None)
+    assert np.array_equal(read_trainid_png(tmp_path / "none" / "a.png"), label)
+    assert counts.summary()["coverage"] == 1.0
+    confident = write_labels([("a", "a.png", label, score)], 1, None, mode="confidence", threshold=0.5,
+                             class_thr=None, out_dir=tmp_path / "conf", stage="test", min_coverage=None)
+    assert np.array_equal(read_trainid_png(tmp_path / "conf" / "a.png"), np.array([[255, 2], [255, 13]]))
+    assert confident.summary()["coverage"] == 0.5
+    with pytest.raises(InputError, match=r"gt_root: no ground truth for target image b\.png"):
+        write_labels([("b", "b.png", label, score)], 1, Truth(), mode="none", threshold=None, class_thr=None,
+                     out_dir=tmp_path / "missing", stage="test", min_coverage=None)
+    assert not (tmp_path / "missing").exists()

@@ -145,11 +145,24 @@ def predict_all(ds, predict: Predictor, stage: str) -> Iterator[tuple[str, str, 
         yield item["name"], item["file"], label, score
 
 
+def ground_truth(gt_ds, gt_index: dict[str, int], name: str, file: str, shape: tuple) -> np.ndarray:
+    """The target-train ground truth of one labelled image (for the quality JSON only)."""
+    root = getattr(gt_ds, "root", None)
+    if name not in gt_index:
+        raise InputError(f"{root}: no ground truth for target image {file}")
+    truth = gt_ds[gt_index[name]]["label"]
+    if truth.shape != shape:
+        raise InputError(f"{root}: ground truth of {file} is {truth.shape}, labels are {shape} "
+                         f"(give both specs the same size)")
+    return truth
+
+
 def write_labels(results: Iterable[tuple[str, str, np.ndarray, np.ndarray]], n: int, gt_ds, *, mode: str,
-                 threshold: float, class_thr: dict[int, float] | None, out_dir, stage: str,
+                 threshold: float | None, class_thr: dict[int, float] | None, out_dir, stage: str,
                  min_coverage: float | None) -> "QualityCounts":
-    """The labelling pass: select, save into `out_dir` (atomically), count the quality against ground truth
-    (`min_coverage` None: not checked here, as for one shard of the images)."""
+    """The labelling pass: select (`mode` "none": keep every pixel, as the teacher's argmax), save into
+    `out_dir` (atomically), count the quality against ground truth (`min_coverage` None: not checked here,
+    as for one shard of the images)."""
     from bismap.data.labels import save_label_png
     from bismap.evaluation.quality import QualityCounts
 
@@ -157,16 +170,9 @@ def write_labels(results: Iterable[tuple[str, str, np.ndarray, np.ndarray]], n: 
     counts = QualityCounts()
     with atomic_dir(out_dir) as tmp:
         for i, (name, file, label, score) in enumerate(results):
-            final = apply_selection(label, score, mode, threshold, class_thr)
+            final = label if mode == "none" else apply_selection(label, score, mode, threshold, class_thr)
             save_label_png(Path(tmp) / file, final)
-            gt = None
-            if gt_index is not None:
-                if name not in gt_index:
-                    raise InputError(f"target_gt: no ground truth for {name}")
-                gt = gt_ds[gt_index[name]]["label"]
-                if gt.shape != final.shape:
-                    raise InputError(f"target_gt: {name} label is {gt.shape}, pseudo label {final.shape}; "
-                                     f"give both specs the same size")
+            gt = None if gt_index is None else ground_truth(gt_ds, gt_index, name, file, final.shape)
             counts.add(final, gt)
             if (i + 1) % 10 == 0 or i + 1 == n:
                 kept = float((final != IGNORE).mean())

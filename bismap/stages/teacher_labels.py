@@ -25,20 +25,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-
 from bismap.engine.inference import item_logits, label_maps
 from bismap.engine.stage_setup import setup_device
 from bismap.evaluation.quality import QualityCounts
-from bismap.io import InputError, atomic_dir, write_json
+from bismap.io import InputError, write_json
 from bismap.method.label_shards import join_shards, read_statistics, write_counts, write_statistics
 from bismap.method.labelling import (
-    apply_selection,
-    check_coverage,
     check_scores,
     pooled_thresholds,
     replayable,
     thread_record,
+    write_labels,
 )
 from bismap.method.prior_alignment import offset_for, prior_report
 from bismap.method.sharding import needs_statistics
@@ -58,17 +55,6 @@ def adapt_if_enabled(model, dataset, cfg: dict, data: dict, device, section: str
                            mean=data["mean"], std=data["std"], device=device)
     print(f"AdaBN: batch-norm statistics re-estimated on {used} target images", flush=True)
     return used
-
-
-def ground_truth(gt, gt_index: dict, target_gt: dict, name: str, file: str, shape: tuple) -> np.ndarray:
-    """The target-train ground truth of one labelled image (for the quality JSON only)."""
-    if name not in gt_index:
-        raise InputError(f"{target_gt.get('root')}: no ground truth for target image {file}")
-    truth = gt[gt_index[name]]["label"]
-    if truth.shape != shape:
-        raise InputError(f"{target_gt.get('root')}: ground truth of {file} is {truth.shape}, "
-                         f"labels are {shape} (give both specs the same size)")
-    return truth
 
 
 def teacher_passes(model, dataset, cfg: dict, data: dict, runtime: dict, device, prior, alignment: dict | None):
@@ -127,29 +113,19 @@ def _statistics(model, dataset, cfg: dict, data: dict, runtime: dict, device, pr
     return predictions, offset, class_thr, record
 
 
-def _write_labels(predictions: Iterable, n: int, cfg: dict, class_thr: dict | None, gt, target_gt: dict | None,
-                  out_dir, runtime: dict, check: bool = True) -> QualityCounts:
+def _write_labels(predictions: Iterable, n: int, cfg: dict, class_thr: dict | None, gt, out_dir,
+                  min_coverage: float | None) -> QualityCounts:
     """Save each prediction (after the selection) into `out_dir` (atomically) and count its quality."""
-    from bismap.data.labels import save_label_png
-
     selection = str(cfg["selection"])
-    threshold = float(cfg["threshold"]) if selection != "none" else None
-    gt_index = {name: i for i, name in enumerate(gt.names)} if gt is not None else {}
-    every = max(n // 10, 1)
-    counts = QualityCounts()
-    with atomic_dir(out_dir) as tmp:
-        for k, (name, file, pred, _, conf) in enumerate(predictions):
+
+    def checked():
+        for name, file, pred, _, conf in predictions:
             check_scores(conf, file, "teacher labels")
-            if selection != "none":
-                pred = apply_selection(pred, conf, selection, threshold, class_thr)
-            save_label_png(tmp / file, pred)
-            truth = None if gt is None else ground_truth(gt, gt_index, target_gt, name, file, pred.shape)
-            counts.add(pred, truth)
-            if (k + 1) % every == 0 or k + 1 == n:
-                print(f"teacher labels: {k + 1}/{n} images", flush=True)
-        if check:
-            check_coverage(counts.summary(), float(runtime["min_label_coverage"]), out_dir, "teacher labels")
-    return counts
+            yield name, file, pred, conf
+
+    threshold = float(cfg["threshold"]) if selection != "none" else None
+    return write_labels(checked(), n, gt, mode=selection, threshold=threshold, class_thr=class_thr, out_dir=out_dir,
+                        stage="teacher labels", min_coverage=min_coverage)
 
 
 def _quality(counts: QualityCounts, *, checkpoint: str, cfg: dict, offset, class_thr: dict | None, record: dict,
@@ -175,7 +151,8 @@ def run(*, checkpoint: str | Path, target: dict, target_gt: dict | None, out_dir
     file)."""
     device, model, dataset, gt = _open(checkpoint, target, target_gt, cfg, data, runtime, threads)
     predictions, offset, class_thr, record = _statistics(model, dataset, cfg, data, runtime, device, prior, alignment)
-    counts = _write_labels(predictions(), len(dataset), cfg, class_thr, gt, target_gt, out_dir, runtime)
+    counts = _write_labels(predictions(), len(dataset), cfg, class_thr, gt, out_dir,
+                           float(runtime["min_label_coverage"]))
     write_json(out_quality, _quality(counts, checkpoint=str(checkpoint), cfg=cfg, offset=offset,
                                      class_thr=class_thr, record=record, **thread_record()))
 
@@ -206,7 +183,7 @@ def run_shard(*, checkpoint: str | Path, target: dict, target_gt: dict | None, c
                         mean=data["mean"], std=data["std"], device=device, workers=int(runtime["workers"]))
     predictions = label_maps(pairs, has_labels=bool(getattr(part, "has_labels", True)),
                              confidence=str(cfg["selection"]) != "none", logit_offset=offset)
-    counts = _write_labels(predictions, len(part), cfg, class_thr, gt, target_gt, out_dir, runtime, check=False)
+    counts = _write_labels(predictions, len(part), cfg, class_thr, gt, out_dir, None)
     write_counts(out_counts, stage=SECTION, shard=shard, shards=shards, counts=counts,
                  same={"checkpoint": str(checkpoint), **thread_record()})
 
