@@ -58,7 +58,7 @@ if ORACLE:
     MODELS.append(("oracle", "oracle"))
 
 # GPU stages ask for gpu=1 when resources.use_gpu is true.
-GPU_STAGES = {"warmup", "oracle", "class_entropy", "stm_features", "source_features", "pseudo_labels",
+GPU_STAGES = {"warmup", "oracle", "class_entropy", "stm_features", "source_features", "target_features", "pseudo_labels",
               "naive_labels", "self_training", "naive_self_training", "teacher_labels", "distillation",
               "evaluate"}
 

@@ -133,10 +133,47 @@ else:
             "../scripts/source_features_gather.py"
 
 
+FIT_ON = C("prototypes/fit_on")
+
+if FIT_ON != "source":
+
+    rule target_features:
+        """Per-class banks of decoder features of the warm-up's confidently predicted target pixels (HDF5)."""
+        input:
+            checkpoint=model_ckpt("warmup"),
+            **target_inputs("train"),
+        output:
+            out_h5=f"{RESULTS}/prototypes/target_features.h5",
+        params:
+            target=target_spec("train", labels="none"),
+            cfg=C("target_features"),
+            adabn=C("pseudo_labels/adabn"),
+            data=C("data/normalize"),
+        log:
+            f"{LOGS}/target_features.log",
+        benchmark:
+            f"{BENCH}/target_features.tsv"
+        threads: threads("target_features")
+        priority: MAINLINE
+        resources:
+            **res("target_features"),
+        conda:
+            ENV
+        script:
+            "../scripts/target_features.py"
+
+
+def feature_banks():
+    """The banks the GMMs are fitted on (prototypes.fit_on), source first."""
+    banks = {"source": [f"{RESULTS}/prototypes/source_features.h5"],
+             "target": [f"{RESULTS}/prototypes/target_features.h5"]}
+    return banks["source"] + banks["target"] if FIT_ON == "both" else banks[FIT_ON]
+
+
 rule fit_prototypes:
     """Per-class diagonal Gaussian mixtures on the feature banks."""
     input:
-        features_h5=rules.source_features.output.out_h5,
+        features_h5=feature_banks(),
     output:
         out_path=f"{RESULTS}/prototypes/gmm.pt",
     params:

@@ -538,3 +538,57 @@ def test_write_labels_keeps_every_pixel_without_selection_and_names_the_missing_
         write_labels([("b", "b.png", label, score)], 1, Truth(), mode="none", threshold=None, class_thr=None,
                      out_dir=tmp_path / "missing", stage="test", min_coverage=None)
     assert not (tmp_path / "missing").exists()
+
+
+def test_target_features_keep_confident_target_pixels_of_the_predicted_class(tiny, colour_model) -> None:
+    """Without labels, a target pixel joins the bank of the network's class where its softmax passes the
+    threshold: the rows are the class colour, and a higher threshold keeps a subset."""
+    from bismap.method.feature_banks import confident_pixels
+    from bismap.stages import target_features
+
+    tmp_path, ckpt, _, tgt, _ = tiny
+    counts = {}
+    for thr in (0.5, 0.9):
+        out = tmp_path / f"target_{thr}.h5"
+        cfg = schema_defaults("target_features", threshold=thr, seed=3)
+        target_features.run(checkpoint=ckpt, target=tgt, out_h5=out, cfg=cfg, adabn=NO_ADABN, data=DATA,
+                            runtime=RUNTIME)
+        with h5py.File(out, "r") as f:
+            counts[thr] = [f[f"class_{c}"].shape[0] for c in range(19)]
+            for c in CLASSES:
+                rows = f[f"class_{c}"][()]
+                want = (np.array(COLOURS[c]) / 255 - 0.5) / 0.25 + 12 / 255 / 0.25  # the target's colour shift
+                assert rows.shape[1] == 5 and (len(rows) > 0 or thr > 0.5)
+                assert len(rows) == 0 or np.abs(rows[:, :3].mean(0) - want).max() < 0.15
+    assert all(counts[0.5][c] == 0 for c in range(19) if c not in CLASSES)
+    assert sum(counts[0.9]) > 0 and all(a >= b for a, b in zip(counts[0.5], counts[0.9]))
+    assert sum(counts[0.5]) > sum(counts[0.9])
+    with pytest.raises(InputError, match="target_features.threshold"):
+        target_features.run(checkpoint=ckpt, target=tgt, out_h5=tmp_path / "none.h5", cfg={**cfg, "threshold": 0.99},
+                            adabn=NO_ADABN, data=DATA, runtime=RUNTIME)
+    assert not (tmp_path / "none.h5").exists()
+    feat = torch.arange(8, dtype=torch.float32).reshape(1, 2, 2, 2)
+    logits = torch.tensor([[[[5.0, 0.0], [0.0, 0.0]], [[0.0, 5.0], [0.0, 0.1]]]])  # [1, 2 classes, 2, 2]
+    logits = torch.cat([logits, torch.full((1, 17, 2, 2), -30.0)], 1)
+    kept = confident_pixels(feat, logits, 0.9)
+    assert sorted(kept) == [0, 1] and kept[0].tolist() == [[0.0, 4.0]] and kept[1].tolist() == [[1.0, 5.0]]
+
+
+def test_fit_prototypes_on_two_banks_fits_each_class_on_both(tmp_path) -> None:
+    from bismap.stages import fit_prototypes
+
+    rng = np.random.default_rng(0)
+    banks = []
+    for name, (n0, n1), dim in (("source", (40, 0), 4), ("target", (30, 6), 4), ("wide", (10, 0), 5)):
+        banks.append(tmp_path / f"{name}.h5")
+        with h5py.File(banks[-1], "w") as f:
+            for c in range(19):
+                n = {0: n0, 1: n1}.get(c, 0)
+                f.create_dataset(f"class_{c}", data=rng.normal(c, 1, size=(n, dim)).astype(np.float32))
+    out = tmp_path / "gmm.pt"
+    fit_prototypes.run(features_h5=banks[:2], out_path=out, cfg=proto_cfg(components=8, seed=0, kmeans_n_init=2))
+    obj = torch.load(out, weights_only=True)
+    assert set(obj["classes"]) == {0, 1} and obj["components"] == {0: 8, 1: 3}  # 70 rows of class 0, 6 of class 1
+    with pytest.raises(InputError, match="different dimensions"):
+        fit_prototypes.run(features_h5=[banks[0], banks[2]], out_path=tmp_path / "bad.pt", cfg=proto_cfg())
+    assert not (tmp_path / "bad.pt").exists()

@@ -99,6 +99,24 @@ def test_distillation_rounds_follow_config(wf, tmp_path):
 
 
 @pytest.mark.slow  # over 5 s measured (pytest --durations)
+def test_prototypes_fit_on_selects_the_feature_banks(wf, tmp_path):
+    """fit_on target adds the target_features job and fits on its bank alone; both fits on source then
+    target; the default (source) has no target_features job."""
+    from test_rule_params import parsed
+
+    assert "target_features" not in dry_run(wf, "configs/tiny.yaml")
+    for fit_on, banks in (("target", ["target_features.h5"]), ("both", ["source_features.h5", "target_features.h5"])):
+        cfg = tmp_path / f"{fit_on}.yaml"
+        cfg.write_text(f"prototypes: {{fit_on: {fit_on}}}\n")
+        counts = dry_run(wf, "configs/tiny.yaml", str(cfg))
+        assert counts["target_features"] == 1 and counts["fit_prototypes"] == 1
+        assert counts.get("source_features") == (1 if fit_on == "both" else None)
+        with parsed(wf, str(cfg)) as workflow:
+            fit = next(r for r in workflow.rules if r.name == "fit_prototypes")
+            assert [Path(f).name for f in fit.input["features_h5"]] == banks
+
+
+@pytest.mark.slow  # over 5 s measured (pytest --durations)
 def test_stylize_method_selects_the_source_images(wf, tmp_path):
     none = tmp_path / "none.yaml"
     none.write_text("stylize: {method: none}\n")

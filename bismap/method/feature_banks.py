@@ -60,6 +60,16 @@ class ClassReservoir:
         self.rows[c] = buf
 
 
+def rows_by_class(flat_feat: torch.Tensor, flat_lab: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{c: the rows of flat_feat [N, D] whose flat_lab [N] is c} for the classes present, ascending."""
+    out: dict[int, torch.Tensor] = {}
+    for c in range(NUM_CLASSES):
+        idx = (flat_lab == c).nonzero().flatten()
+        if len(idx):
+            out[c] = flat_feat[idx]
+    return out
+
+
 def correct_pixels(feat: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> dict[int, torch.Tensor]:
     """Rows of feat [B,D,h,w] where the (nearest-resized) label == argmax == c, per class c in ascending
     order (on feat's device); within a class, image by image, row-major."""
@@ -69,12 +79,17 @@ def correct_pixels(feat: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
     ok = (lab == pred) & (lab != IGNORE_INDEX)
     flat_feat = feat.permute(0, 2, 3, 1).reshape(-1, d)
     flat_lab = torch.where(ok, lab, torch.full_like(lab, -1)).reshape(-1)
-    out: dict[int, torch.Tensor] = {}
-    for c in range(NUM_CLASSES):
-        idx = (flat_lab == c).nonzero().flatten()
-        if len(idx):
-            out[c] = flat_feat[idx]
-    return out
+    return rows_by_class(flat_feat, flat_lab)
+
+
+def confident_pixels(feat: torch.Tensor, logits: torch.Tensor, threshold: float) -> dict[int, torch.Tensor]:
+    """Rows of feat [B,D,h,w] whose softmax argmax is c with probability >= threshold, per class c in
+    ascending order (the target banks: the network's confident pixels stand in for labels)."""
+    b, d, h, w = feat.shape
+    conf, pred = torch.softmax(logits.float(), 1).max(1)
+    flat_feat = feat.permute(0, 2, 3, 1).reshape(-1, d)
+    flat_lab = torch.where(conf >= float(threshold), pred, torch.full_like(pred, -1)).reshape(-1)
+    return rows_by_class(flat_feat, flat_lab)
 
 
 def thin(rows: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -129,7 +144,8 @@ class BankSampler:
         return out
 
 
-def write_banks(out_h5: str | os.PathLike, banks: Sequence[Bank], *, dim: int, images: int, attrs: dict) -> None:
+def write_banks(out_h5: str | os.PathLike, banks: Sequence[Bank], *, dim: int, images: int, attrs: dict,
+                stage: str = "source_features") -> None:
     """The 19 `class_<c>` float32 [N_c, dim] banks with the settings as attributes (chunked, gzip, atomic)."""
     import h5py
 
@@ -147,4 +163,5 @@ def write_banks(out_h5: str | os.PathLike, banks: Sequence[Bank], *, dim: int, i
                 f[f"class_{c}"].attrs["unthinned"] = bank.unthinned
                 how = (f"unthinned sample (thinning kept {bank.thinned_rows} < min_per_class)" if bank.unthinned
                        else "thinned")
-                print(f"source_features: class {c}: kept {len(rows)} rows, {how}", flush=True)
+                print(f"{stage}: class {c}: kept {len(rows)} rows" + (f", {how}" if stage == "source_features" else
+                                                                      f" of {bank.seen}"), flush=True)

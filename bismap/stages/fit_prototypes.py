@@ -1,5 +1,8 @@
 """Stage: one diagonal Gaussian mixture per source class ("multiple anisotropic prototypes").
 
+`features_h5` may name several banks (`prototypes.fit_on: both`: the source's and the target's,
+target_features): each class is fitted on its rows of all of them, in the order given.
+
 Classes with too few rows for K components get fewer (at least 1: a mixture with more
 components than half its rows just memorises points); empty classes get no GMM and are
 listed in the output, so the pseudo-label stage can never assign them.
@@ -44,35 +47,54 @@ def components_for(n_rows: int, k: int) -> int:
     return max(1, min(int(k), n_rows // 2))
 
 
-def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
+def _class_rows(files: list, c: int) -> torch.Tensor:
+    """Class c's rows of every bank, concatenated in order, as float32, refusing NaN or inf."""
+    parts = []
+    for path, f in files:
+        x = f[f"class_{c}"][()].astype(np.float32)
+        if not np.isfinite(x).all():
+            raise InputError(f"{path}: class_{c} holds NaN or inf features (written from a diverged "
+                             f"model?); nothing can be fitted to them")
+        parts.append(torch.from_numpy(x))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def run(*, features_h5: str | os.PathLike | list, out_path: str | os.PathLike, cfg: dict, threads: int = 1) -> None:
     """Fit and save {"format": "bismap-gmm/1", "classes": {c: state}, "feature_dim", "skipped", "components",
     "normalize"} (`normalize`: the GMMs model unit-length features, so the scorer must normalise too).
 
     `cfg` is the complete `prototypes` slice (defaults filled from configs/schema.yaml).
     """
+    from contextlib import ExitStack
+
     from bismap.engine.device import resolve_device, set_threads
 
     set_threads(threads)
     device = resolve_device(str(cfg["device"]))
     k, max_samples, seed = int(cfg["components"]), int(cfg["max_samples"]), int(cfg["seed"])
     normalize = bool(cfg.get("normalize", False))  # the rule drops the key while it is off
-    f, dim = _open_bank(features_h5)
+    paths = [features_h5] if isinstance(features_h5, (str, os.PathLike)) else list(features_h5)
     classes: dict[int, dict] = {}
     skipped: list[int] = []
     components: dict[int, int] = {}
-    with f:
+    with ExitStack() as stack:
+        files, dims = [], set()
+        for path in paths:
+            f, dim = _open_bank(path)
+            stack.enter_context(f)
+            files.append((path, f))
+            dims.add(dim)
+        if len(dims) != 1:
+            raise InputError(f"{', '.join(map(str, paths))}: feature banks of different dimensions {sorted(dims)}")
+        dim = dims.pop()
         for c in range(NUM_CLASSES):
-            ds = f[f"class_{c}"]
-            n = ds.shape[0]
+            x = _class_rows(files, c)
+            n = x.shape[0]
             kc = components_for(n, k)
             if kc == 0:
                 skipped.append(c)
                 print(f"fit_prototypes: class {c}: no features, skipped", flush=True)
                 continue
-            x = torch.from_numpy(ds[()].astype(np.float32))
-            if not bool(torch.isfinite(x).all()):
-                raise InputError(f"{features_h5}: class_{c} holds NaN or inf features (written from a diverged "
-                                 f"model?); nothing can be fitted to them")
             if normalize:
                 x = unit_rows(x)
             if n > max_samples:
@@ -91,7 +113,7 @@ def run(*, features_h5: str | os.PathLike, out_path: str | os.PathLike, cfg: dic
             print(f"fit_prototypes: class {c}: {x.shape[0]} rows, K={kc}, {gmm.n_iter_} EM iterations, "
                   f"mean loglik {gmm.lower_bound_:.3f}, converged={gmm.converged_}", flush=True)
     if not classes:
-        raise InputError(f"{features_h5}: every class bank is empty; no prototypes can be fitted")
+        raise InputError(f"{', '.join(map(str, paths))}: every class bank is empty; no prototypes can be fitted")
     if skipped:
         print(f"fit_prototypes: classes without prototypes: {skipped}", flush=True)
     save_torch(out_path, {"format": PROTOTYPES_FORMAT, "classes": classes, "feature_dim": int(dim), "skipped": skipped,
