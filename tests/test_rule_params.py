@@ -99,6 +99,17 @@ def test_every_rule_param_is_one_config_section(tmp_path, configfile) -> None:
         assert problems(workflow, workflow.config) == []
 
 
+def test_optional_rules_params_are_config_sections_too(tmp_path) -> None:
+    """Rules that exist only under a switch (here target_features, with prototypes.fit_on: both)."""
+    wf_dir = make_copy(tmp_path / "wf")
+    cfg = yaml.safe_load((wf_dir / "config.yaml").read_text())
+    cfg["prototypes"]["fit_on"] = "both"
+    (wf_dir / "fit_both.yaml").write_text(yaml.safe_dump(cfg))
+    with parsed(wf_dir, "fit_both.yaml") as workflow:
+        assert "target_features" in {r.name for r in workflow.rules}
+        assert problems(workflow, workflow.config) == []
+
+
 def test_a_reshaped_param_is_caught(tmp_path) -> None:
     """The check itself: a rule that merges two sections into one param fails it."""
     wf_dir = make_copy(tmp_path / "wf")
