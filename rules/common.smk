@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 from bismap.workflow.params import as_param, schema_node
 from bismap.method.sharding import needs_statistics
+from bismap.method.prototype_banks import bank_names
 
 SCHEMA = yaml.safe_load((Path(workflow.main_snakefile).parent / "configs" / "schema.yaml").read_text())
 

@@ -164,10 +164,8 @@ if FIT_ON != "source":
 
 
 def feature_banks():
-    """The banks the GMMs are fitted on (prototypes.fit_on), source first."""
-    banks = {"source": [f"{RESULTS}/prototypes/source_features.h5"],
-             "target": [f"{RESULTS}/prototypes/target_features.h5"]}
-    return banks["source"] + banks["target"] if FIT_ON == "both" else banks[FIT_ON]
+    """The banks the GMMs are fitted on (prototypes.fit_on), in the order fit_prototypes reads them."""
+    return [f"{RESULTS}/prototypes/{name}_features.h5" for name in bank_names(C("prototypes"))]
 
 
 rule fit_prototypes:

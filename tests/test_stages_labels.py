@@ -574,21 +574,32 @@ def test_target_features_keep_confident_target_pixels_of_the_predicted_class(tin
     assert sorted(kept) == [0, 1] and kept[0].tolist() == [[0.0, 4.0]] and kept[1].tolist() == [[1.0, 5.0]]
 
 
-def test_fit_prototypes_on_two_banks_fits_each_class_on_both(tmp_path) -> None:
+def test_fit_on_picks_each_class_s_bank(tmp_path) -> None:
+    """both: a class on its source and target rows; target: on its target rows, or on its source rows
+    when it has fewer target rows than target_min_rows; a bank fit_on needs must be given."""
     from bismap.stages import fit_prototypes
 
     rng = np.random.default_rng(0)
-    banks = []
-    for name, (n0, n1), dim in (("source", (40, 0), 4), ("target", (30, 6), 4), ("wide", (10, 0), 5)):
-        banks.append(tmp_path / f"{name}.h5")
-        with h5py.File(banks[-1], "w") as f:
+    banks = {}
+    for name, (n0, n1), dim in (("source", (40, 30), 4), ("target", (30, 6), 4), ("wide", (10, 0), 5)):
+        banks[name] = tmp_path / f"{name}.h5"
+        with h5py.File(banks[name], "w") as f:
             for c in range(19):
                 n = {0: n0, 1: n1}.get(c, 0)
                 f.create_dataset(f"class_{c}", data=rng.normal(c, 1, size=(n, dim)).astype(np.float32))
-    out = tmp_path / "gmm.pt"
-    fit_prototypes.run(features_h5=banks[:2], out_path=out, cfg=proto_cfg(components=8, seed=0, kmeans_n_init=2))
-    obj = torch.load(out, weights_only=True)
-    assert set(obj["classes"]) == {0, 1} and obj["components"] == {0: 8, 1: 3}  # 70 rows of class 0, 6 of class 1
+
+    def fit(source, target, **cfg):
+        out = tmp_path / "gmm.pt"
+        paths = [p for p in (source, target) if p is not None]
+        fit_prototypes.run(features_h5=paths[0] if len(paths) == 1 else paths, out_path=out,
+                           cfg=proto_cfg(components=16, seed=0, kmeans_n_init=2, **cfg))
+        return torch.load(out, weights_only=True)["components"]  # K = rows // 2 below 32 rows
+
+    assert fit(banks["source"], None) == {0: 16, 1: 15}
+    assert fit(banks["source"], banks["target"], fit_on="both") == {0: 16, 1: 16}  # 70 and 36 rows
+    assert fit(None, banks["target"], fit_on="target") == {0: 15, 1: 3}
+    assert fit(banks["source"], banks["target"], fit_on="target", target_min_rows=10) == {0: 15, 1: 15}
+    with pytest.raises(InputError, match="fit_on: both reads the source and target feature banks, got 1"):
+        fit(banks["source"], None, fit_on="both")
     with pytest.raises(InputError, match="different dimensions"):
-        fit_prototypes.run(features_h5=[banks[0], banks[2]], out_path=tmp_path / "bad.pt", cfg=proto_cfg())
-    assert not (tmp_path / "bad.pt").exists()
+        fit(banks["source"], banks["wide"], fit_on="both")

@@ -105,12 +105,14 @@ def test_prototypes_fit_on_selects_the_feature_banks(wf, tmp_path):
     from test_rule_params import parsed
 
     assert "target_features" not in dry_run(wf, "configs/tiny.yaml")
-    for fit_on, banks in (("target", ["target_features.h5"]), ("both", ["source_features.h5", "target_features.h5"])):
-        cfg = tmp_path / f"{fit_on}.yaml"
+    for fit_on, banks in (("target", ["target_features.h5"]),
+                          ("target, target_min_rows: 100", ["source_features.h5", "target_features.h5"]),
+                          ("both", ["source_features.h5", "target_features.h5"])):
+        cfg = tmp_path / "fit_on.yaml"
         cfg.write_text(f"prototypes: {{fit_on: {fit_on}}}\n")
         counts = dry_run(wf, "configs/tiny.yaml", str(cfg))
         assert counts["target_features"] == 1 and counts["fit_prototypes"] == 1
-        assert counts.get("source_features") == (1 if fit_on == "both" else None)
+        assert counts.get("source_features") == (1 if len(banks) == 2 else None)
         with parsed(wf, str(cfg)) as workflow:
             fit = next(r for r in workflow.rules if r.name == "fit_prototypes")
             assert [Path(f).name for f in fit.input["features_h5"]] == banks
