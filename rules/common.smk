@@ -125,6 +125,11 @@ def cpu_res(stage):
     return {k: v for k, v in res(stage).items() if k != "gpu"}
 
 
+def feature_banks():
+    """The banks the GMMs are fitted on (prototypes.fit_on), in the order fit_prototypes reads them."""
+    return [f"{RESULTS}/prototypes/{name}_features.h5" for name in bank_names(C("prototypes"))]
+
+
 def prior_input(section):
     """The source class prior as an input only when `<section>.align_prior` is on."""
     return {"prior": f"{RESULTS}/prototypes/source_prior.json"} if C(f"{section}/align_prior") else {}

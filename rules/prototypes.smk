@@ -133,9 +133,7 @@ else:
             "../scripts/source_features_gather.py"
 
 
-FIT_ON = C("prototypes/fit_on")
-
-if FIT_ON != "source":
+if C("prototypes/fit_on") != "source":
 
     rule target_features:
         """Per-class banks of decoder features of the warm-up's confidently predicted target pixels (HDF5)."""
@@ -161,11 +159,6 @@ if FIT_ON != "source":
             ENV
         script:
             "../scripts/target_features.py"
-
-
-def feature_banks():
-    """The banks the GMMs are fitted on (prototypes.fit_on), in the order fit_prototypes reads them."""
-    return [f"{RESULTS}/prototypes/{name}_features.h5" for name in bank_names(C("prototypes"))]
 
 
 rule fit_prototypes:
